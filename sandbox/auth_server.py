@@ -1,0 +1,419 @@
+"""The sandbox's SMART authorisation server, built on Authlib's server components.
+
+Authorization code with PKCE (S256 only), refresh tokens (rotated), and client credentials with a signed
+JWT assertion (SMART Backend Services). Access tokens are RS256 JWTs so each organisation's FHIR server
+can check them locally; id_tokens are signed RS256, RS384 or ES384 as the client registration asks.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, InvalidGrantError, InvalidRequestError, grants
+from authlib.oauth2.rfc6749.models import AuthorizationCodeMixin
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oidc.core import OpenIDCode
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from .dataset import StaffUser
+from .keys import ACCESS_TOKEN_ALG
+from .scopes import allowed_subset
+from .settings import ClientRegistration
+from .state import IssuedToken, SandboxState
+
+CLIENT_ASSERTION_ALGS = ["RS384", "ES384", "RS256", "ES256"]
+MAX_ASSERTION_LIFETIME = 300  # SMART: exp no more than five minutes in the future
+CODE_LIFETIME = 60
+
+
+@dataclass
+class Grantee:
+    """The resource owner as Authlib sees it: a staff user plus the launch context they authorised."""
+
+    staff: StaffUser
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def get_user_id(self) -> str:
+        return self.staff.id
+
+
+@dataclass
+class AuthCode(AuthorizationCodeMixin):
+    code: str
+    client_id: str
+    redirect_uri: str
+    scope: str
+    user: Grantee
+    nonce: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    auth_time: int
+    expires_at: float
+
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_nonce(self) -> str | None:
+        return self.nonce
+
+    def get_auth_time(self) -> int:
+        return self.auth_time
+
+    def get_acr(self) -> None:
+        return None
+
+    def get_amr(self) -> None:
+        return None
+
+
+@dataclass
+class RefreshRecord:
+    refresh_token: str
+    client_id: str
+    scope: str
+    user: Grantee
+    revoked: bool = False
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_client(self):  # Authlib asks the credential for its client
+        return None
+
+    def check_client(self, client) -> bool:
+        return client.get_client_id() == self.client_id
+
+    def is_expired(self) -> bool:
+        return False
+
+    def is_revoked(self) -> bool:
+        return self.revoked
+
+
+class SandboxClient(ClientMixin):
+    """A client registration from config, with its public keys for private_key_jwt."""
+
+    def __init__(self, reg: ClientRegistration) -> None:
+        self.reg = reg
+        self.id_token_signed_response_alg = reg.id_token_alg
+        self._jwks: dict | None = reg.jwks
+        self._jwks_lock = threading.Lock()
+
+    def get_client_id(self) -> str:
+        return self.reg.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        return self.reg.redirect_uris[0] if self.reg.redirect_uris else None
+
+    def get_allowed_scope(self, scope: str) -> str:
+        return allowed_subset(scope or "", self.reg.scope)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return redirect_uri in self.reg.redirect_uris  # exact match: no prefix games
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return bool(self.reg.client_secret) and secrets.compare_digest(client_secret, self.reg.client_secret)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == self.reg.auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code" and "authorization_code" in self.reg.grant_types
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.reg.grant_types
+
+    def public_keys(self, refresh: bool = False) -> KeySet:
+        """From inline JWKS, a file (public parts only are used) or a JWKS URL (refetched on unknown kid)."""
+        with self._jwks_lock:
+            if self.reg.jwks_file is not None and (refresh or self._jwks is None):
+                data = json.loads(self.reg.jwks_file.read_text(encoding="utf-8"))
+                self._jwks = KeySet.import_key_set(data).as_dict(private=False)
+            elif self.reg.jwks_uri and (refresh or self._jwks is None):
+                resp = requests.get(self.reg.jwks_uri, timeout=5, headers={"Accept": "application/json"})
+                resp.raise_for_status()
+                self._jwks = resp.json()
+            if not self._jwks:
+                raise InvalidClientError(description="The client has no registered public keys.")
+            return KeySet.import_key_set(self._jwks)
+
+
+class PrivateKeyJwtAuth(JWTBearerClientAssertion):
+    """``private_key_jwt`` with SMART's rules: RS384/ES384 (RS256/ES256 tolerated), exp ≤ 5 min, jti once."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(self, token_url: str) -> None:
+        super().__init__(leeway=30)
+        self._token_url = token_url
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def get_audiences(self) -> list[str]:
+        return [self._token_url]
+
+    def __call__(self, query_client, request):
+        try:
+            return super().__call__(query_client, request)
+        except InvalidClientError as exc:
+            exc.status_code = 401  # a failed client authentication, whichever grant it came with
+            raise
+
+    def resolve_client_public_key(self, client: SandboxClient) -> KeySet:
+        return client.public_keys()
+
+    def process_assertion_claims(self, assertion, resolve_key):
+        try:
+            token = jwt.decode(assertion, resolve_key, algorithms=CLIENT_ASSERTION_ALGS)
+        except JoseError as exc:
+            raise InvalidClientError(description=f"Client assertion rejected: {exc.error}") from exc
+        claims = token.claims
+        if not isinstance(claims.get("exp"), int) or claims["exp"] > time.time() + MAX_ASSERTION_LIFETIME + 5:
+            raise InvalidClientError(description="Client assertion exp must be at most 5 minutes ahead.")
+        self.verify_claims(token.claims)
+        return token.claims
+
+    def validate_jti(self, claims: dict, jti: str) -> bool:
+        now = time.time()
+        key = f"{claims.get('iss')}:{jti}"
+        with self._lock:
+            for k in [k for k, exp in self._seen.items() if exp < now - 60]:
+                del self._seen[k]
+            if key in self._seen:
+                return False
+            self._seen[key] = float(claims.get("exp", now + MAX_ASSERTION_LIFETIME))
+        return True
+
+
+class S256Only(CodeChallenge):
+    """PKCE required, and only S256: ``plain`` leaks the verifier to anyone who sees the request."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant, redirect_uri):
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: send code_challenge.", redirect_uri=redirect_uri)
+        if data.get("code_challenge_method") != "S256":  # absent means plain (RFC 7636 4.3)
+            raise InvalidRequestError("code_challenge_method must be S256.", redirect_uri=redirect_uri)
+        return super().validate_code_challenge(grant, redirect_uri)
+
+
+def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
+    settings = state.settings
+    token_url = f"{settings.base_url}/auth/token"
+    clients = {c.client_id: SandboxClient(c) for c in settings.clients}
+    codes: dict[str, AuthCode] = {}
+    refresh_tokens: dict[str, RefreshRecord] = {}
+    lock = threading.Lock()
+    auth_methods = ["private_key_jwt", "client_secret_basic", "none"]
+
+    def query_client(client_id: str) -> SandboxClient | None:
+        if "invalid_client" in state.switches:
+            raise InvalidClientError(description="Simulated error: invalid_client switch is on.")
+        return clients.get(client_id)
+
+    def save_token(token: dict, request) -> None:
+        if token.get("refresh_token") and request.user is not None:
+            with lock:
+                refresh_tokens[token["refresh_token"]] = RefreshRecord(
+                    token["refresh_token"], request.client.get_client_id(), token.get("scope", ""), request.user
+                )
+
+    def generate_token(grant_type, client, user=None, scope=None, expires_in=None, include_refresh_token=True):
+        now = int(time.time())
+        lifetime = settings.access_token_lifetime
+        context = user.context if isinstance(user, Grantee) else {}
+        claims = {
+            "iss": settings.issuer,
+            "sub": user.staff.id if isinstance(user, Grantee) else client.get_client_id(),
+            "aud": context.get("aud") or [settings.fhir_base(o.id) for o in settings.organisations],
+            "client_id": client.get_client_id(),
+            "scope": scope or "",
+            "iat": now,
+            "exp": now + lifetime,
+            "jti": secrets.token_urlsafe(16),
+        }
+        for key in ("patient", "launch_id", "nhs_number"):
+            if context.get(key):
+                claims[key] = context[key]
+        key = state.keys.for_alg(ACCESS_TOKEN_ALG)
+        header = {"alg": ACCESS_TOKEN_ALG, "kid": key.kid, "typ": "at+jwt"}
+        access = jwt.encode(header, claims, key, algorithms=[ACCESS_TOKEN_ALG])
+        state.record_token(
+            IssuedToken("access_token", now, now + lifetime, client.get_client_id(), scope or "", claims, header),
+            context.get("launch_id"),
+        )
+        token = {"token_type": "Bearer", "access_token": access, "expires_in": lifetime, "scope": scope or ""}
+        if include_refresh_token and isinstance(user, Grantee) and _wants_refresh(scope):
+            token["refresh_token"] = secrets.token_urlsafe(32)
+        return token
+
+    server = AuthorizationServer(app, query_client=query_client, save_token=save_token)
+    server.register_token_generator("default", generate_token)
+    server.register_client_auth_method("private_key_jwt", PrivateKeyJwtAuth(token_url))
+
+    class AuthorizationCode(grants.AuthorizationCodeGrant):
+        TOKEN_ENDPOINT_AUTH_METHODS = auth_methods
+
+        def save_authorization_code(self, code: str, request) -> None:
+            with lock:
+                codes[code] = AuthCode(
+                    code=code,
+                    client_id=request.client.get_client_id(),
+                    redirect_uri=request.payload.redirect_uri,
+                    scope=request.client.get_allowed_scope(request.payload.scope),
+                    user=request.user,
+                    nonce=request.payload.data.get("nonce"),
+                    code_challenge=request.payload.data.get("code_challenge"),
+                    code_challenge_method=request.payload.data.get("code_challenge_method"),
+                    auth_time=int(time.time()),
+                    expires_at=time.time() + CODE_LIFETIME,
+                )
+
+        def query_authorization_code(self, code: str, client) -> AuthCode | None:
+            item = codes.get(code)
+            if item and item.client_id == client.get_client_id() and item.expires_at > time.time():
+                return item
+            return None
+
+        def delete_authorization_code(self, authorization_code: AuthCode) -> None:
+            with lock:
+                codes.pop(authorization_code.code, None)  # single use
+
+        def authenticate_user(self, authorization_code: AuthCode) -> Grantee:
+            return authorization_code.user
+
+        def create_token_response(self):
+            status, token, headers = super().create_token_response()
+            token.update(context_parameters(self.request.user))
+            return status, token, headers
+
+    class RefreshToken(grants.RefreshTokenGrant):
+        TOKEN_ENDPOINT_AUTH_METHODS = auth_methods
+        INCLUDE_NEW_REFRESH_TOKEN = True
+
+        def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
+            if "invalid_refresh" in state.switches:
+                raise InvalidGrantError(description="Simulated error: invalid_refresh switch is on.")
+            record = refresh_tokens.get(refresh_token)
+            return record if record and not record.revoked else None
+
+        def authenticate_user(self, refresh_token: RefreshRecord) -> Grantee:
+            return refresh_token.user
+
+        def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:
+            refresh_token.revoked = True  # rotation: a refresh token works once
+
+        def create_token_response(self):
+            status, token, headers = super().create_token_response()
+            token.update(context_parameters(self.request.user))
+            return status, token, headers
+
+    class ClientCredentials(grants.ClientCredentialsGrant):
+        TOKEN_ENDPOINT_AUTH_METHODS = ["private_key_jwt", "client_secret_basic"]
+
+    class SmartOpenIDCode(OpenIDCode):
+        def exists_nonce(self, nonce: str, request) -> bool:
+            return any(c.nonce == nonce and c.client_id == request.payload.client_id for c in codes.values())
+
+        def get_client_algorithm(self, client: SandboxClient) -> str:
+            return client.reg.id_token_alg
+
+        def resolve_client_private_key(self, client: SandboxClient):
+            return state.keys.for_alg(client.reg.id_token_alg)
+
+        def get_encode_header(self, client: SandboxClient) -> dict:
+            key = state.keys.for_alg(client.reg.id_token_alg)
+            return {"alg": client.reg.id_token_alg, "kid": key.kid, "typ": "JWT"}
+
+        def get_client_claims(self, client: SandboxClient) -> dict:
+            now = int(time.time())
+            return {
+                "iss": settings.issuer,
+                "aud": [client.get_client_id()],
+                "iat": now,
+                "exp": now + settings.id_token_lifetime,
+            }
+
+        def generate_user_info(self, user: Grantee, scope: str) -> dict:
+            return user_claims(state, user.staff)
+
+        def encode_id_token(self, token, request):
+            id_token = super().encode_id_token(token, request)
+            decoded = jwt.decode(id_token, state.keys.keyset, algorithms=[request.client.reg.id_token_alg])
+            claims = decoded.claims
+            state.record_token(
+                IssuedToken(
+                    "id_token",
+                    claims["iat"],
+                    claims["exp"],
+                    request.client.get_client_id(),
+                    token.get("scope", ""),
+                    claims,
+                    dict(decoded.header),
+                ),
+                request.user.context.get("launch_id") if isinstance(request.user, Grantee) else None,
+            )
+            return id_token
+
+    server.register_grant(AuthorizationCode, [S256Only(required=True), SmartOpenIDCode(require_nonce=False)])
+    server.register_grant(RefreshToken)
+    server.register_grant(ClientCredentials)
+    server.sandbox_clients = clients  # type: ignore[attr-defined]
+    return server
+
+
+def _wants_refresh(scope: str | None) -> bool:
+    scopes = (scope or "").split()
+    return "offline_access" in scopes or "online_access" in scopes
+
+
+def context_parameters(user: Any) -> dict:
+    """SMART launch context returned beside the token: patient, encounter, banner hint."""
+    if not isinstance(user, Grantee):
+        return {}
+    ctx = user.context
+    out: dict[str, Any] = {}
+    if ctx.get("patient"):
+        out["patient"] = ctx["patient"]
+    if ctx.get("encounter"):
+        out["encounter"] = ctx["encounter"]
+    if "need_patient_banner" in ctx:
+        out["need_patient_banner"] = bool(ctx["need_patient_banner"])
+    return out
+
+
+def user_claims(state: SandboxState, staff: StaffUser) -> dict:
+    """OIDC claims for a staff user: fhirUser plus CIS2-style national RBAC claims."""
+    settings = state.settings
+    org = settings.organisation(staff.organisation)
+    return {
+        "sub": staff.id,
+        "name": staff.display_name,
+        "fhirUser": f"{settings.fhir_base(staff.organisation)}/Practitioner/{staff.practitioner_id}",
+        "nhsid_useruid": staff.sds_user_id,
+        "selected_roleid": staff.role_profile_id,
+        "nhsid_nrbac_roles": [
+            {
+                "person_roleid": staff.role_profile_id,
+                "org_code": org.ods_code if org else "",
+                "role_code": staff.role_code,
+                "role_name": staff.job_role_display,
+                "activity_codes": list(staff.activities),
+            }
+        ],
+    }

@@ -1,0 +1,205 @@
+"""The simulated host EHR: sign in as a staff user, pick a patient, launch the viewer from the toolbar.
+
+The toolbar button performs a SMART EHR launch: it creates a launch context (user, patient, encounter)
+and sends the browser — in an embedded panel or a new window — to ``{launch_url}?iss=…&launch=…``.
+``GET /ehr/launch`` does the same without clicking, for tests and tools.
+"""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlencode, urlsplit
+
+from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
+
+from app.record.nhs_number import format_nhs_number, normalise
+
+from .dataset import SandboxPatient, StaffUser
+from .state import Launch, SandboxState
+
+bp = Blueprint("ehr", __name__)
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+
+
+def _state() -> SandboxState:
+    return current_app.extensions["sandbox_state"]
+
+
+def _user() -> StaffUser | None:
+    uid = session.get("ehr_user")
+    return _state().dataset.staff.get(uid) if uid else None
+
+
+@bp.app_template_filter("nhs")
+def _nhs_filter(value: str) -> str:
+    return format_nhs_number(value)
+
+
+@bp.app_context_processor
+def _inject():
+    state = _state()
+    return {"ehr_user": _user(), "sandbox_orgs": state.settings.organisations, "csrf_token": _csrf_token}
+
+
+def _csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(16)
+    return session["csrf"]
+
+
+def _check_csrf() -> None:
+    sent = request.form.get("csrf", "")
+    if not sent or not secrets.compare_digest(sent, session.get("csrf", "")):
+        abort(400, "This form has expired. Go back, reload the page and try again.")
+
+
+@bp.get("/")
+def home():
+    user = _user()
+    if user is None:
+        staff = sorted(_state().dataset.staff.values(), key=lambda s: (s.organisation, s.display_name))
+        return render_template("sandbox/sign_in.html", staff=staff)
+    return render_template("sandbox/patients.html", patients=_state().dataset.sorted_patients(), user=user)
+
+
+@bp.post("/ehr/sign-in")
+def sign_in():
+    _check_csrf()
+    staff = _state().dataset.staff.get(request.form.get("user", ""))
+    if staff is None:
+        abort(400, "Choose one of the sandbox staff users.")
+    session.clear()
+    session["ehr_user"] = staff.id
+    return redirect(url_for("ehr.home"))
+
+
+@bp.post("/ehr/sign-out")
+def sign_out():
+    _check_csrf()
+    session.clear()
+    return redirect(url_for("ehr.home"))
+
+
+@bp.get("/ehr/patient/<nhs_number>")
+def patient(nhs_number: str):
+    user = _user()
+    if user is None:
+        return redirect(url_for("ehr.home"))
+    person = _state().dataset.patient(normalise(nhs_number))
+    if person is None:
+        abort(404, "No patient with that NHS number in the sandbox.")
+    mode = session.get("open_mode", "embedded")
+    return render_template("sandbox/patient.html", person=person, user=user, mode=mode)
+
+
+@bp.post("/ehr/preferences")
+def preferences():
+    _check_csrf()
+    mode = request.form.get("open_mode")
+    if mode in ("embedded", "window"):
+        session["open_mode"] = mode
+    return redirect(request.form.get("back") or url_for("ehr.home"))
+
+
+@bp.post("/ehr/patient/<nhs_number>/launch")
+def toolbar_launch(nhs_number: str):
+    """The toolbar button: the form's target decides between the embedded panel and a new window."""
+    _check_csrf()
+    user = _user()
+    if user is None:
+        abort(403, "Sign in to the sandbox EHR first.")
+    launch = _launch(user, normalise(nhs_number), _state().settings.launch_url)
+    return redirect(_launch_redirect(launch))
+
+
+@bp.get("/ehr/launch")
+def scripted_launch():
+    """Scripted EHR launch: ``?user=<staff id>&patient=<NHS number>&launch_url=<url>``; signs the user in."""
+    state = _state()
+    user = state.dataset.staff.get(request.args.get("user", ""))
+    if user is None:
+        abort(400, f"Unknown user. Sandbox staff ids: {', '.join(sorted(state.dataset.staff))}")
+    launch_url = request.args.get("launch_url") or state.settings.launch_url
+    if not _launch_url_allowed(launch_url):
+        abort(400, "launch_url must be a registered app launch URL or an http(s) URL on this machine.")
+    launch = _launch(
+        user,
+        normalise(request.args.get("patient", "")),
+        launch_url,
+        encounter=request.args.get("encounter"),
+        banner=request.args.get("need_patient_banner", "true").lower() != "false",
+    )
+    session.clear()
+    session["ehr_user"] = user.id
+    return redirect(_launch_redirect(launch))
+
+
+def _launch(
+    user: StaffUser, nhs_number: str, launch_url: str, encounter: str | None = None, banner: bool = True
+) -> Launch:
+    state = _state()
+    person = state.dataset.patient(nhs_number)
+    if person is None:
+        abort(400, "Unknown patient: give the NHS number of a sandbox patient (see the patient list).")
+    org_id = user.organisation
+    patient_id = _local_patient_id(person, org_id)
+    if encounter is None:
+        encounter = _latest_encounter(org_id, patient_id)
+    return state.create_launch(
+        user_id=user.id,
+        org_id=org_id,
+        iss=state.settings.fhir_base(org_id),
+        nhs_number=person.nhs_number,
+        patient_id=patient_id,
+        encounter_id=encounter or None,
+        need_patient_banner=banner,
+        launch_url=launch_url,
+        source="ehr",
+    )
+
+
+def _local_patient_id(person: SandboxPatient, org_id: str) -> str:
+    """The patient's id in the launching organisation's system; register them there first if needed.
+
+    A clinician can open anyone their system can trace (as with a PDS trace on arrival in A&E); the
+    sandbox then adds a demographics-only registration to that organisation's server.
+    """
+    if org_id in person.ids:
+        return person.ids[org_id]
+    state = _state()
+    source_org = next(iter(person.ids))
+    original = state.dataset.stores[source_org].read("Patient", person.ids[source_org])
+    local = {
+        k: v
+        for k, v in original.items()
+        if k in ("resourceType", "identifier", "name", "gender", "birthDate", "address", "telecom", "deceasedDateTime")
+    }
+    local["id"] = f"{org_id}-traced-{person.nhs_number}"
+    local["meta"] = {"lastUpdated": "2026-11-01T09:00:00Z"}
+    with state.lock:
+        state.dataset.stores[org_id].add(local)
+        person.ids[org_id] = local["id"]
+    return local["id"]
+
+
+def _latest_encounter(org_id: str, patient_id: str) -> str | None:
+    store = _state().dataset.stores[org_id]
+    encounters, _ = store.search("Encounter", {"patient": [patient_id]})
+    if not encounters:
+        return None
+    latest = max(encounters, key=lambda e: (e.get("period") or {}).get("start", ""))
+    return latest["id"]
+
+
+def _launch_redirect(launch: Launch) -> str:
+    sep = "&" if urlsplit(launch.launch_url).query else "?"
+    return f"{launch.launch_url}{sep}{urlencode({'iss': launch.iss, 'launch': launch.id})}"
+
+
+def _launch_url_allowed(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    registered = {u for c in _state().settings.clients for u in c.launch_uris}
+    return url in registered or parts.hostname in LOOPBACK_HOSTS

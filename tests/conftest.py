@@ -1,0 +1,107 @@
+"""Shared fixtures: the sandbox and the viewer running for real on loopback, on free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
+from pathlib import Path
+
+import pytest
+import requests
+from flask import Flask
+from werkzeug.serving import make_server
+
+from app import create_app
+from app.config import DEFAULT_CONFIG, Config, load_config
+from sandbox import create_sandbox_app
+from sandbox.serve import NoDelayHandler
+from sandbox.state import SandboxState
+
+ROOT = Path(__file__).resolve().parent.parent
+SYNTHEA_DIR = ROOT.parent / "shared" / "data" / "synthea"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@dataclass
+class Running:
+    config: Config
+    sandbox_url: str
+    viewer_url: str
+    sandbox_app: Flask
+    viewer_app: Flask
+
+    @property
+    def state(self) -> SandboxState:
+        return self.sandbox_app.extensions["sandbox_state"]
+
+    def fhir_base(self, org_id: str) -> str:
+        return f"{self.sandbox_url}/fhir/{org_id}"
+
+
+def _bind():
+    placeholder = Flask("placeholder")
+    return make_server("127.0.0.1", 0, placeholder, threaded=True, request_handler=NoDelayHandler)
+
+
+def test_env(tmp_path: Path, sandbox_port: int, viewer_port: int) -> dict[str, str]:
+    return {
+        "SANDBOX_URL": f"http://127.0.0.1:{sandbox_port}",
+        "VIEWER_URL": f"http://127.0.0.1:{viewer_port}",
+        "SCR_KEYS_FILE": str(tmp_path / "viewer.jwks.json"),
+        "SCR_SYNTHEA_DIR": os.environ.get("SCR_SYNTHEA_DIR", str(SYNTHEA_DIR)),
+    }
+
+
+@pytest.fixture(scope="session")
+def running(tmp_path_factory) -> Running:
+    """Both apps served by real threaded HTTP servers; URLs in config point at the bound ports."""
+    sandbox_srv, viewer_srv = _bind(), _bind()
+    env = test_env(tmp_path_factory.mktemp("keys"), sandbox_srv.server_port, viewer_srv.server_port)
+    config = load_config(DEFAULT_CONFIG, env=env)
+    viewer_app = create_app(config)
+    sandbox_app = create_sandbox_app(config)
+    sandbox_srv.app, viewer_srv.app = sandbox_app, viewer_app
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (sandbox_srv, viewer_srv)]
+    for t in threads:
+        t.start()
+    yield Running(config, env["SANDBOX_URL"], env["VIEWER_URL"], sandbox_app, viewer_app)
+    for s in (sandbox_srv, viewer_srv):
+        s.shutdown()
+
+
+@pytest.fixture
+def sandbox(running: Running) -> Running:
+    """The running sandbox, with faults and simulated errors reset after each test."""
+    running.state.reset()
+    yield running
+    running.state.reset()
+
+
+class LoopbackCookiePolicy(DefaultCookiePolicy):
+    """Send ``Secure`` cookies to 127.0.0.1 over http, as browsers do for loopback (pitfall C3)."""
+
+    def return_ok_secure(self, cookie, request):
+        host = requests.utils.urlparse(request.get_full_url()).hostname
+        return host in ("127.0.0.1", "localhost") or super().return_ok_secure(cookie, request)
+
+    def set_ok(self, cookie, request):
+        return super().set_ok(cookie, request)
+
+
+@pytest.fixture
+def http() -> requests.Session:
+    session = requests.Session()
+    session.cookies.set_policy(LoopbackCookiePolicy())
+    yield session
+    session.close()
+
+
+def synthea_available() -> bool:
+    return SYNTHEA_DIR.is_dir()
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
