@@ -30,6 +30,7 @@ GMC_SYSTEM = "https://fhir.hl7.org.uk/Id/gmc-number"
 JOB_ROLE_SYSTEM = "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode"
 SYNTHEA_SKIPPED_TYPES = {"Claim", "ExplanationOfBenefit", "Provenance"}
 SHARED_TYPES = {"Organization", "Practitioner", "PractitionerRole", "Location"}
+SYNTHEA_SYSTEM = "https://github.com/synthetichealth/synthea"
 HOSPITAL_CLASSES = {"EMER", "IMP", "ACUTE", "OBSENC"}
 ID_NAMESPACE = uuid.UUID("6f1c1a52-52b4-4d7e-9a3e-6b1e5e0b5c11")
 
@@ -239,6 +240,14 @@ def synthea_nhs_number(synthea_id: str, taken: set[str]) -> str:
         n = (n + 1) % 1_000_000
 
 
+def synthea_person_id(patient: dict) -> str:
+    """Synthea's own person id (also in the file name); the resource id differs in some bundles."""
+    for ident in patient.get("identifier") or []:
+        if ident.get("system") == SYNTHEA_SYSTEM and ident.get("value"):
+            return ident["value"]
+    return patient["id"]
+
+
 def synthea_org_for(encounter: dict, main_provider: str | None, org_ids: list[str]) -> str:
     """The sandbox organisation that holds an encounter (and everything recorded in it).
 
@@ -274,7 +283,7 @@ def load_synthea(
     org_ids = list(stores)
     for path in synthea_files(folder):
         bundle = json.loads(path.read_text(encoding="utf-8"))
-        _load_synthea_patient(bundle, shared_index, org_ids, stores, patients)
+        _load_synthea_patient(bundle, shared_index, settings, stores, patients)
 
 
 def _information_index(folder: Path) -> dict[str, dict]:
@@ -284,6 +293,8 @@ def _information_index(folder: Path) -> dict[str, dict]:
         bundle = json.loads(path.read_text(encoding="utf-8"))
         for entry in bundle.get("entry", []):
             r = entry["resource"]
+            if entry.get("fullUrl"):
+                index[entry["fullUrl"]] = r
             for ident in r.get("identifier") or []:
                 index[f"{r['resourceType']}?identifier={ident.get('system')}|{ident.get('value')}"] = r
     return index
@@ -292,10 +303,11 @@ def _information_index(folder: Path) -> dict[str, dict]:
 def _load_synthea_patient(
     bundle: dict,
     shared_index: dict[str, dict],
-    org_ids: list[str],
+    settings: SandboxSettings,
     stores: dict[str, OrgStore],
     patients: dict[str, SandboxPatient],
 ) -> None:
+    org_ids = list(stores)
     entries = [e for e in bundle.get("entry", []) if e["resource"]["resourceType"] not in SYNTHEA_SKIPPED_TYPES]
     by_full_url = {e["fullUrl"]: e["resource"] for e in entries if "fullUrl" in e}
     patient = next(e["resource"] for e in entries if e["resource"]["resourceType"] == "Patient")
@@ -304,24 +316,26 @@ def _load_synthea_patient(
     # Where each encounter lives, then each resource follows its encounter (or stays at the GP).
     encounter_org = {eid: synthea_org_for(e, usual, org_ids) for eid, e in encounters.items()}
     placed: dict[str, list[dict]] = {org: [] for org in org_ids}
+    home: dict[str, str] = {}  # resource id -> organisation holding it
     for r in by_full_url.values():
         rtype = r["resourceType"]
         if rtype in SHARED_TYPES or rtype == "Patient":
             continue
         if rtype == "Encounter":
-            placed[encounter_org[r["id"]]].append(r)
-            continue
-        enc_ref = _encounter_ref(r)
-        enc = by_full_url.get(enc_ref) if enc_ref else None
-        org = encounter_org.get(enc["id"]) if enc else None
-        placed[org or "gp"].append(r)
+            org = encounter_org[r["id"]]
+        else:
+            enc_ref = _encounter_ref(r)
+            enc = by_full_url.get(enc_ref) if enc_ref else None
+            org = (encounter_org.get(enc["id"]) if enc else None) or "gp"
+        placed[org].append(r)
+        home[r["id"]] = org
 
-    nhs = synthea_nhs_number(patient["id"], set(patients))
+    nhs = synthea_nhs_number(synthea_person_id(patient), set(patients))
     for org_id, resources in placed.items():
         if not resources and org_id != "gp":
             continue
         local_patient = _local_patient(patient, org_id, nhs)
-        rewrite = _Rewriter(by_full_url, shared_index, patient_id=local_patient["id"])
+        rewrite = _Rewriter(by_full_url, shared_index, local_patient["id"], org_id, home, settings)
         store = stores[org_id]
         for r in resources:
             store.add(rewrite.resource(r))
@@ -375,12 +389,20 @@ def _local_patient(patient: dict, org_id: str, nhs: str) -> dict:
 
 
 class _Rewriter:
-    """Turns a transaction bundle's ``urn:uuid:`` and conditional references into ``Type/id``."""
+    """Turns a transaction bundle's ``urn:uuid:`` and conditional references into ``Type/id``.
 
-    def __init__(self, by_full_url: dict[str, dict], shared_index: dict[str, dict], patient_id: str) -> None:
+    A reference to something another organisation holds (a hospital procedure citing the GP's diagnosis)
+    becomes an absolute URL on that organisation's server, as it would between real systems.
+    """
+
+    def __init__(self, by_full_url: dict[str, dict], shared_index: dict[str, dict], patient_id: str,
+                 org_id: str, home: dict[str, str], settings: SandboxSettings) -> None:
         self.by_full_url = by_full_url
         self.shared_index = shared_index
         self.patient_id = patient_id
+        self.org_id = org_id
+        self.home = home
+        self.settings = settings
         self._shared: dict[str, dict] = {}
 
     def resource(self, r: dict) -> dict:
@@ -412,7 +434,10 @@ class _Rewriter:
         if rtype in SHARED_TYPES:
             key = f"{rtype}/{target['id']}"
             if key not in self._shared:
-                self._shared[key] = target
-                self._walk(target)
+                self._shared[key] = shared = copy.deepcopy(target)  # each organisation gets its own copy
+                self._walk(shared)
             return key
+        holder = self.home.get(target["id"], self.org_id)
+        if holder != self.org_id:
+            return f"{self.settings.fhir_base(holder)}/{rtype}/{target['id']}"
         return f"{rtype}/{target['id']}"
