@@ -46,7 +46,7 @@ def create_sandbox_app(config: Config, dataset: Dataset | None = None) -> Flask:
     def _headers(resp):
         resp.headers.setdefault(
             "Content-Security-Policy",
-            f"default-src 'self'; img-src 'self' data:; frame-src {viewer_origin}; "
+            f"default-src 'self'; img-src 'self' data:; frame-src 'self' {viewer_origin}; "
             "frame-ancestors 'self'; base-uri 'none'; form-action 'self' " + viewer_origin,
         )
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")

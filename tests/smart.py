@@ -62,6 +62,7 @@ class LaunchResult:
     verifier: str
     nonce: str
     state: str
+    request_url: str = ""
 
 
 class SandboxClient:
@@ -104,7 +105,9 @@ class SandboxClient:
         params = {k: v for k, v in params.items() if v is not None}
         resp = self.http.get(f"{self.running.sandbox_url}/auth/authorize", params=params, allow_redirects=False)
         location = resp.headers.get("Location", "")
-        return LaunchResult("", iss, launch or "", location, query(location).get("code"), verifier, nonce, state)
+        return LaunchResult(
+            "", iss, launch or "", location, query(location).get("code"), verifier, nonce, state, resp.request.url
+        )
 
     def ehr_launch(self, user: str, nhs_number: str, scope: str = EHR_SCOPES) -> LaunchResult:
         resp = self.scripted_launch(user, nhs_number)

@@ -1,0 +1,67 @@
+"""From the sandbox EHR's toolbar to the viewer's launch URL, in a real browser."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from playwright.sync_api import Page, expect
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def sign_in_and_open(page: Page, sandbox, user_name: str, patient_name: str) -> None:
+    page.goto(f"{sandbox.sandbox_url}/")
+    page.get_by_role("button", name=f"Sign in as {user_name}").click()
+    expect(page.get_by_text(f"Signed in: {user_name}")).to_be_visible()
+    page.get_by_role("link", name=patient_name).click()
+    expect(page.get_by_role("toolbar")).to_be_visible()
+
+
+def test_toolbar_launch_embedded_in_the_ehr_page(page: Page, sandbox, artifacts):
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    person = next(p for p in sandbox.state.dataset.sorted_patients() if p.origin == "uk" and "gp" in p.ids)
+    sign_in_and_open(page, sandbox, "Dr Anita Patel", person.name)
+    page.get_by_role("button", name="Shared Care Record").click()
+
+    frame = page.frame_locator("#scr-panel")
+    expect(frame.get_by_role("heading", name="Launch received")).to_be_visible()
+    expect(frame.locator("#iss")).to_have_text(sandbox.fhir_base("gp"))
+    launch_id = frame.locator("#launch").inner_text()
+    launch = sandbox.state.launch(launch_id)
+    assert launch.user_id == "dr-patel" and launch.nhs_number == person.nhs_number
+    page.screenshot(path=str(artifacts / "ehr-embedded-launch.png"), full_page=True)
+
+    allowed = {origin(sandbox.sandbox_url), origin(sandbox.viewer_url)}
+    off_origin = [u for u in requested if not u.startswith(("about:", "data:")) and origin(u) not in allowed]
+    assert not off_origin, off_origin
+
+
+def test_toolbar_launch_in_a_new_window(page: Page, sandbox, artifacts):
+    person = next(p for p in sandbox.state.dataset.sorted_patients() if p.origin == "uk" and "hospital" in p.ids)
+    sign_in_and_open(page, sandbox, "Dr Rhys Evans", person.name)
+    page.get_by_label("Open the record").select_option("window")
+    page.get_by_role("button", name="Save").click()
+    with page.context.expect_page() as popup_info:
+        page.get_by_role("button", name="Shared Care Record").click()
+    popup = popup_info.value
+    popup.wait_for_load_state()
+    assert popup.url.startswith(f"{sandbox.viewer_url}/launch?")
+    assert parse_qs(urlsplit(popup.url).query)["iss"] == [sandbox.fhir_base("hospital")]
+    expect(popup.get_by_role("heading", name="Launch received")).to_be_visible()
+    popup.screenshot(path=str(artifacts / "ehr-new-window-launch.png"))
+
+
+def test_inspector_lists_the_launch(page: Page, sandbox, artifacts):
+    person = next(p for p in sandbox.state.dataset.sorted_patients() if p.origin == "uk" and "gp" in p.ids)
+    sign_in_and_open(page, sandbox, "Mrs Grace Okafor", person.name)
+    page.get_by_role("button", name="Shared Care Record").click()
+    expect(page.frame_locator("#scr-panel").get_by_role("heading", name="Launch received")).to_be_visible()
+    page.goto(f"{sandbox.sandbox_url}/inspector")
+    expect(page.locator("#launches")).to_contain_text("Mrs Grace Okafor")
+    page.locator("#launches a").first.click()
+    expect(page.get_by_role("heading", name="Context")).to_be_visible()
+    page.screenshot(path=str(artifacts / "inspector-launch.png"), full_page=True)
