@@ -280,7 +280,6 @@ def load_synthea(
     folder: Path, settings: SandboxSettings, stores: dict[str, OrgStore], patients: dict[str, SandboxPatient]
 ) -> None:
     shared_index = _information_index(folder)
-    org_ids = list(stores)
     for path in synthea_files(folder):
         bundle = json.loads(path.read_text(encoding="utf-8"))
         _load_synthea_patient(bundle, shared_index, settings, stores, patients)
