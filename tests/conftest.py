@@ -21,7 +21,7 @@ from sandbox.serve import NoDelayHandler
 from sandbox.state import SandboxState
 
 ROOT = Path(__file__).resolve().parent.parent
-SYNTHEA_DIR = ROOT.parent / "shared" / "data" / "synthea"
+SYNTHEA_DIR = Path(os.environ.get("SCR_SYNTHEA_DIR") or ROOT.parent / "shared" / "data" / "synthea")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -51,7 +51,7 @@ def test_env(tmp_path: Path, sandbox_port: int, viewer_port: int) -> dict[str, s
         "SANDBOX_URL": f"http://127.0.0.1:{sandbox_port}",
         "VIEWER_URL": f"http://127.0.0.1:{viewer_port}",
         "SCR_KEYS_FILE": str(tmp_path / "viewer.jwks.json"),
-        "SCR_SYNTHEA_DIR": os.environ.get("SCR_SYNTHEA_DIR", str(SYNTHEA_DIR)),
+        "SCR_SYNTHEA_DIR": str(SYNTHEA_DIR),
     }
 
 
