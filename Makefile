@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# sekmet-fhir: an independent FHIR server for interoperability tests, in its own venv (its deps are not ours).
+SEKMET := .venv-sekmet/.installed-stamp
 export SCR_CONFIG ?= sandbox/config.toml
 
 .PHONY: run test lint install clean
@@ -12,14 +14,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(SEKMET):
+	test -x .venv-sekmet/bin/python || $(PYTHON) -m venv .venv-sekmet
+	.venv-sekmet/bin/python -m pip install --quiet --disable-pip-version-check 'sekmet-fhir==0.1.1'
+	touch $(SEKMET)
+
+install: $(STAMP) $(SEKMET)
 
 ## Start the sandbox (simulated EHR, SMART authorisation server, FHIR servers) and the viewer on 127.0.0.1.
 run: $(STAMP)
 	$(BIN)/python -m sandbox.serve
 
 ## Lint and run the whole test suite (unit, loopback HTTP integration, browser journeys).
-test: $(STAMP)
+test: $(STAMP) $(SEKMET)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -27,4 +34,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) .venv-sekmet var .pytest_cache test-artifacts

@@ -42,6 +42,7 @@ class EhrRegistration:
     client_secret: str | None = None
     standalone: bool = False
     frame_origins: tuple[str, ...] = ()
+    id_token_issuer: str | None = None  # pin when the EHR's smart-configuration has no `issuer`
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ def _ehr(d: Mapping[str, Any], env: Mapping[str, str]) -> EhrRegistration:
         client_secret=secret,
         standalone=bool(d.get("standalone", False)),
         frame_origins=frames,
+        id_token_issuer=d.get("id_token_issuer"),
     )
 
 

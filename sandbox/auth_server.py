@@ -25,9 +25,10 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from launch.scopes import allowed_subset
+
 from .dataset import StaffUser
 from .keys import ACCESS_TOKEN_ALG
-from .scopes import allowed_subset
 from .settings import ClientRegistration
 from .state import IssuedToken, SandboxState
 

@@ -19,6 +19,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 
 from app.record.nhs_number import NHS_NUMBER_SYSTEM
+from launch.scopes import permits
 
 from .auth_views import smart_configuration
 from .keys import ACCESS_TOKEN_ALG
@@ -248,8 +249,6 @@ def _authorise(rtype: str, permission: str) -> str:
             {"WWW-Authenticate": f'{realm}, error="invalid_token", error_description="expired"'},
         )
     g.token_claims = claims
-    from .scopes import permits
-
     level = permits(claims.get("scope", ""), ("patient", "user", "system"), rtype, permission)
     if level is None:
         raise FhirError(

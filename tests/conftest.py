@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import threading
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 
 import pytest
@@ -80,21 +80,25 @@ def sandbox(running: Running) -> Running:
     running.state.reset()
 
 
-class LoopbackCookiePolicy(DefaultCookiePolicy):
-    """Send ``Secure`` cookies to 127.0.0.1 over http, as browsers do for loopback (pitfall C3)."""
+class LoopbackCookieJar(requests.cookies.RequestsCookieJar):
+    """Send ``Secure`` cookies to 127.0.0.1 over http, as browsers do for loopback (pitfall C3).
 
-    def return_ok_secure(self, cookie, request):
-        host = requests.utils.urlparse(request.get_full_url()).hostname
-        return host in ("127.0.0.1", "localhost") or super().return_ok_secure(cookie, request)
+    requests builds a fresh default-policy jar from the session's cookies for every request, so a
+    cookie policy on the session is ignored; instead the jar hands out loopback cookies unmarked.
+    """
 
-    def set_ok(self, cookie, request):
-        return super().set_ok(cookie, request)
+    def __iter__(self):
+        for cookie in super().__iter__():
+            if cookie.secure and cookie.domain in ("127.0.0.1", "localhost", "localhost.local"):
+                cookie = copy.copy(cookie)
+                cookie.secure = False
+            yield cookie
 
 
 @pytest.fixture
 def http() -> requests.Session:
     session = requests.Session()
-    session.cookies.set_policy(LoopbackCookiePolicy())
+    session.cookies = LoopbackCookieJar()
     yield session
     session.close()
 

@@ -1,10 +1,12 @@
-"""From the sandbox EHR's toolbar to the viewer's launch URL, in a real browser."""
+"""From the sandbox EHR's toolbar through the SMART launch to the viewer's first page, in a real browser."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from playwright.sync_api import Page, expect
+
+from app.record.nhs_number import format_nhs_number
 
 
 def origin(url: str) -> str:
@@ -28,11 +30,12 @@ def test_toolbar_launch_embedded_in_the_ehr_page(page: Page, sandbox, artifacts)
     page.get_by_role("button", name="Shared Care Record").click()
 
     frame = page.frame_locator("#scr-panel")
-    expect(frame.get_by_role("heading", name="Launch received")).to_be_visible()
-    expect(frame.locator("#iss")).to_have_text(sandbox.fhir_base("gp"))
-    launch_id = frame.locator("#launch").inner_text()
-    launch = sandbox.state.launch(launch_id)
+    expect(frame.locator("#patient-name")).to_have_text(person.name)
+    expect(frame.locator("#nhs-number")).to_have_text(format_nhs_number(person.nhs_number))
+    expect(frame.locator("#user-name")).to_have_text("Dr Anita Patel")
+    launch = sandbox.state.recent_launches()[0]
     assert launch.user_id == "dr-patel" and launch.nhs_number == person.nhs_number
+    assert [t.kind for t in launch.tokens] == ["access_token", "id_token"]
     page.screenshot(path=str(artifacts / "ehr-embedded-launch.png"), full_page=True)
 
     allowed = {origin(sandbox.sandbox_url), origin(sandbox.viewer_url)}
@@ -49,9 +52,9 @@ def test_toolbar_launch_in_a_new_window(page: Page, sandbox, artifacts):
         page.get_by_role("button", name="Shared Care Record").click()
     popup = popup_info.value
     popup.wait_for_load_state()
-    assert popup.url.startswith(f"{sandbox.viewer_url}/launch?")
-    assert parse_qs(urlsplit(popup.url).query)["iss"] == [sandbox.fhir_base("hospital")]
-    expect(popup.get_by_role("heading", name="Launch received")).to_be_visible()
+    expect(popup.locator("#patient-name")).to_have_text(person.name)
+    assert popup.url.startswith(f"{sandbox.viewer_url}/r/")
+    assert sandbox.state.recent_launches()[0].iss == sandbox.fhir_base("hospital")
     popup.screenshot(path=str(artifacts / "ehr-new-window-launch.png"))
 
 
@@ -59,7 +62,7 @@ def test_inspector_lists_the_launch(page: Page, sandbox, artifacts):
     person = next(p for p in sandbox.state.dataset.sorted_patients() if p.origin == "uk" and "gp" in p.ids)
     sign_in_and_open(page, sandbox, "Mrs Grace Okafor", person.name)
     page.get_by_role("button", name="Shared Care Record").click()
-    expect(page.frame_locator("#scr-panel").get_by_role("heading", name="Launch received")).to_be_visible()
+    expect(page.frame_locator("#scr-panel").locator("#patient-name")).to_have_text(person.name)
     page.goto(f"{sandbox.sandbox_url}/inspector")
     expect(page.locator("#launches")).to_contain_text("Mrs Grace Okafor")
     page.locator("#launches a").first.click()

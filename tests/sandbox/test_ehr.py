@@ -105,10 +105,11 @@ def test_scripted_launch_reaches_the_viewer_launch_url(http, sandbox):
     q = query(resp.headers["Location"])
     assert sandbox.config.ehr_for_issuer(q["iss"]) is not None, "iss must be a registered host EHR"
     assert len(q["launch"]) >= 16
-    # Following the redirect lands on the viewer, which recognises the issuer.
+    # Following the redirect, the viewer recognises the issuer and completes the SMART launch.
     landed = http.get(resp.headers["Location"])
     assert landed.status_code == 200
-    assert q["iss"] in landed.text and q["launch"] in landed.text
+    assert landed.url.startswith(f"{sandbox.viewer_url}/r/")
+    assert format_nhs_number(person.nhs_number) in landed.text
     # The user now counts as signed in to the sandbox EHR.
     assert "Signed in: <strong>Dr Anita Patel</strong>" in http.get(f"{sandbox.sandbox_url}/").text
 

@@ -1,4 +1,8 @@
-"""SMART scopes, v1 (``patient/Observation.read``) and v2 (``patient/Observation.rs``), as the servers honour them."""
+"""SMART scopes, v1 (``patient/Observation.read``) and v2 (``patient/Observation.rs``).
+
+What the viewer asks for (minimum necessary), what it needs granted, and the grammar the sandbox's
+servers honour.
+"""
 
 from __future__ import annotations
 
@@ -63,3 +67,41 @@ def permits(scope: str, level_options: tuple[str, ...], resource_type: str, perm
         if lvl in levels:
             return lvl
     return None
+
+
+# Resource types the viewer reads from a patient's record, and what it reads to know who the user is.
+RECORD_TYPES = (
+    "AllergyIntolerance",
+    "CarePlan",
+    "CareTeam",
+    "Condition",
+    "Consent",
+    "DiagnosticReport",
+    "DocumentReference",
+    "Encounter",
+    "EpisodeOfCare",
+    "Flag",
+    "Immunization",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Observation",
+    "Procedure",
+    "RelatedPerson",
+)
+IDENTITY_SCOPES = ("user/Practitioner.r", "user/PractitionerRole.rs", "user/Organization.r")
+
+
+def launch_scopes(standalone: bool) -> str:
+    """Minimum-necessary v2 scopes: identity, refresh while the user is online, the patient's record."""
+    context = "launch/patient" if standalone else "launch"
+    resources = ["patient/Patient.r", *(f"patient/{t}.rs" for t in RECORD_TYPES)]
+    return " ".join([context, "openid", "fhirUser", "online_access", *resources, *IDENTITY_SCOPES])
+
+
+def missing_scopes(granted: str) -> list[str]:
+    """What the viewer cannot work without: identity (openid fhirUser) and reading the patient."""
+    have = set(granted.split())
+    missing = [s for s in ("openid", "fhirUser") if s not in have]
+    if permits(granted, ("patient", "user"), "Patient", "r") is None:
+        missing.append("patient/Patient.r")
+    return missing

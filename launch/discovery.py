@@ -1,0 +1,119 @@
+"""SMART discovery (``{iss}/.well-known/smart-configuration``) and JWKS, cached with a time to live.
+
+Only ever called for an issuer that is already on the allow-list, so a hostile ``iss`` causes no request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import requests
+from joserfc.jwk import KeySet
+
+from .errors import DiscoveryFailed
+from .http import http_session
+
+DISCOVERY_TTL = 3600
+JWKS_TTL = 3600
+JWKS_MIN_REFETCH = 30  # an unknown kid triggers a refetch, at most this often per issuer
+TIMEOUT = 5.0
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class SmartConfiguration:
+    fhir_base: str
+    authorization_endpoint: str
+    token_endpoint: str
+    issuer: str | None
+    jwks_uri: str | None
+    capabilities: tuple[str, ...]
+    code_challenge_methods: tuple[str, ...]
+    raw: dict = field(repr=False, compare=False)
+
+
+def _check_url(url: object, what: str) -> str:
+    if not isinstance(url, str):
+        raise DiscoveryFailed(f"smart-configuration lacks {what}")
+    parts = urlsplit(url)
+    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK):
+        return url
+    raise DiscoveryFailed(f"{what} must be https (http only on loopback): {url!r}")
+
+
+def parse_smart_configuration(fhir_base: str, doc: object) -> SmartConfiguration:
+    if not isinstance(doc, dict):
+        raise DiscoveryFailed("smart-configuration is not a JSON object")
+    methods = tuple(doc.get("code_challenge_methods_supported") or ())
+    if methods and "S256" not in methods:
+        raise DiscoveryFailed(f"server does not support PKCE S256 (offers {methods})")
+    return SmartConfiguration(
+        fhir_base=fhir_base,
+        authorization_endpoint=_check_url(doc.get("authorization_endpoint"), "authorization_endpoint"),
+        token_endpoint=_check_url(doc.get("token_endpoint"), "token_endpoint"),
+        issuer=doc.get("issuer") if isinstance(doc.get("issuer"), str) else None,
+        jwks_uri=_check_url(doc["jwks_uri"], "jwks_uri") if doc.get("jwks_uri") else None,
+        capabilities=tuple(doc.get("capabilities") or ()),
+        code_challenge_methods=methods,
+        raw=doc,
+    )
+
+
+class Discovery:
+    """Per-process cache of smart-configuration documents and JWKS, each with a TTL (pitfall A6)."""
+
+    def __init__(self, ttl: int = DISCOVERY_TTL, jwks_ttl: int = JWKS_TTL) -> None:
+        self.ttl, self.jwks_ttl = ttl, jwks_ttl
+        self._configs: dict[str, tuple[float, SmartConfiguration]] = {}
+        self._jwks: dict[str, tuple[float, KeySet]] = {}
+        self._lock = threading.Lock()
+
+    def configuration(self, fhir_base: str) -> SmartConfiguration:
+        now = time.time()
+        with self._lock:
+            cached = self._configs.get(fhir_base)
+        if cached and cached[0] > now:
+            return cached[1]
+        url = f"{fhir_base.rstrip('/')}/.well-known/smart-configuration"
+        doc = _get_json(url)
+        config = parse_smart_configuration(fhir_base, doc)
+        with self._lock:
+            self._configs[fhir_base] = (now + self.ttl, config)
+        return config
+
+    def jwks(self, jwks_uri: str, refresh: bool = False) -> KeySet:
+        """The issuer's keys; ``refresh`` refetches (rate-limited) when a token names an unknown kid."""
+        now = time.time()
+        with self._lock:
+            cached = self._jwks.get(jwks_uri)
+        if cached and (cached[0] > now) and not (refresh and cached[0] - self.jwks_ttl + JWKS_MIN_REFETCH < now):
+            return cached[1]
+        doc = _get_json(jwks_uri)
+        try:
+            keyset = KeySet.import_key_set(doc)
+        except Exception as exc:  # noqa: BLE001 - any malformed JWKS is the same failure to us
+            raise DiscoveryFailed(f"JWKS at {jwks_uri} is not a valid key set: {exc}") from exc
+        with self._lock:
+            self._jwks[jwks_uri] = (now + self.jwks_ttl, keyset)
+        return keyset
+
+    def clear(self) -> None:
+        with self._lock:
+            self._configs.clear()
+            self._jwks.clear()
+
+
+def _get_json(url: str) -> object:
+    try:
+        resp = http_session().get(url, headers={"Accept": "application/json"}, timeout=TIMEOUT, allow_redirects=False)
+    except requests.RequestException as exc:
+        raise DiscoveryFailed(f"GET {url} failed: {exc.__class__.__name__}: {exc}") from exc
+    if resp.status_code != 200:
+        raise DiscoveryFailed(f"GET {url} answered {resp.status_code}")
+    try:
+        return resp.json()
+    except ValueError as exc:
+        raise DiscoveryFailed(f"GET {url} did not return JSON") from exc

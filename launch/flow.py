@@ -1,0 +1,164 @@
+"""The SMART App Launch flow: begin (redirect to authorize) and complete (callback → launch context).
+
+Knows OAuth and nothing about records or Flask requests: the views pass in query parameters and the
+browser-session binding, and get back a URL or a LaunchContext.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from joserfc.jwk import KeySet
+
+from app.config import Config, EhrRegistration
+
+from .client_auth import token_request_auth
+from .context import ContextStore, LaunchContext, new_context_id
+from .discovery import Discovery
+from .ehr_client import EhrFhirClient
+from .errors import AccessDenied, BadState, InvalidIdToken, MissingScope, TokenError, UnknownIssuer
+from .id_token import validate_id_token
+from .identity import resolve_identity
+from .scopes import launch_scopes, missing_scopes
+from .store import KeyValueStore
+from .tokens import TokenManager, post_token_request, token_set_from_response
+
+log = logging.getLogger(__name__)
+STATE_TTL = 600  # ten minutes to complete sign-in
+
+
+@dataclass
+class LaunchServices:
+    config: Config
+    store: KeyValueStore
+    discovery: Discovery
+    tokens: TokenManager
+    contexts: ContextStore
+    keyset: KeySet
+
+    @property
+    def redirect_uri(self) -> str:
+        """From config, never from the Host header of the request."""
+        return f"{self.config.viewer.base_url}/callback"
+
+
+def pkce_challenge(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def binding_hash(binding: str) -> str:
+    return hashlib.sha256(binding.encode()).hexdigest()
+
+
+def begin(services: LaunchServices, ehr: EhrRegistration, launch: str | None, binding: str) -> str:
+    """Store state/nonce/PKCE verifier server-side and return the authorize URL to redirect to."""
+    smart = services.discovery.configuration(ehr.issuer)
+    state, nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(64)
+    scope = launch_scopes(standalone=launch is None)
+    services.store.set(
+        f"oauth:{state}",
+        {
+            "iss": ehr.issuer,
+            "nonce": nonce,
+            "verifier": verifier,
+            "scope": scope,
+            "binding": binding_hash(binding),
+            "standalone": launch is None,
+        },
+        ttl=STATE_TTL,
+    )
+    params = {
+        "response_type": "code",
+        "client_id": ehr.client_id,
+        "redirect_uri": services.redirect_uri,
+        "scope": scope,
+        "state": state,
+        "nonce": nonce,
+        "aud": ehr.issuer,
+        "code_challenge": pkce_challenge(verifier),
+        "code_challenge_method": "S256",
+    }
+    if launch is not None:
+        params["launch"] = launch
+    sep = "&" if "?" in smart.authorization_endpoint else "?"
+    return f"{smart.authorization_endpoint}{sep}{urlencode(params)}"
+
+
+def complete(services: LaunchServices, params: dict[str, str], binding: str, request_id: str) -> LaunchContext:
+    """Validate the callback, exchange the code, validate the id_token, build the launch context."""
+    state = params.get("state") or ""
+    pending = services.store.pop(f"oauth:{state}") if state else None  # single use, even on failure
+    if pending is None:
+        raise BadState("unknown, expired or already used state")
+    if not secrets.compare_digest(pending["binding"], binding_hash(binding)):
+        raise BadState("state belongs to another browser session (or the browser dropped the session cookie)")
+    if params.get("error"):
+        raise AccessDenied(f"authorization server answered error={params.get('error')!r}")
+    code = params.get("code")
+    if not code:
+        raise TokenError("callback carried neither code nor error")
+    ehr = services.config.ehr_for_issuer(pending["iss"])
+    if ehr is None:
+        raise UnknownIssuer(f"issuer {pending['iss']} was removed from the configuration mid-launch")
+    smart = services.discovery.configuration(ehr.issuer)
+
+    form, headers = token_request_auth(
+        ehr.client_auth, ehr.client_id, smart.token_endpoint, services.keyset, ehr.signing_alg, ehr.client_secret
+    )
+    form.update(
+        grant_type="authorization_code",
+        code=code,
+        redirect_uri=services.redirect_uri,
+        code_verifier=pending["verifier"],
+    )
+    body = post_token_request(smart.token_endpoint, form, headers)
+    tokens = token_set_from_response(body, smart.token_endpoint, ehr.issuer)
+    if not body.get("scope"):
+        tokens.scope = pending["scope"]  # RFC 6749 5.1: omitted scope means as requested
+    missing = missing_scopes(tokens.scope)
+    if missing:
+        raise MissingScope(f"not granted: {' '.join(missing)}")
+    if not isinstance(body.get("patient"), str) or not body["patient"]:
+        raise MissingScope("token response has no patient context")
+
+    claims = _validated_claims(services, ehr, smart, body.get("id_token"), pending["nonce"])
+    ctx = LaunchContext(
+        id=new_context_id(),
+        iss=ehr.issuer,
+        ehr_name=ehr.name,
+        patient=body["patient"],
+        encounter=body.get("encounter") if isinstance(body.get("encounter"), str) else None,
+        need_patient_banner=body.get("need_patient_banner", True) is not False,
+        scope=tokens.scope,
+        standalone=pending["standalone"],
+        fhir_user=claims.get("fhirUser"),
+        user_claims={k: v for k, v in claims.items() if k not in ("nonce", "at_hash", "c_hash")},
+    )
+    services.tokens.save(ctx.id, tokens)
+    client = EhrFhirClient(services.tokens, ctx.id, ctx.iss, request_id)
+    ctx.identity = resolve_identity(client, ctx.fhir_user, claims)
+    services.contexts.save(ctx)
+    log.info("launch complete: context %s… for %s at %s", ctx.id[:6], claims.get("sub"), ehr.issuer)
+    return ctx
+
+
+def _validated_claims(services: LaunchServices, ehr: EhrRegistration, smart, id_token, nonce: str) -> dict:
+    if not isinstance(id_token, str) or not id_token:
+        raise InvalidIdToken("token response has no id_token although openid was granted")
+    issuer = ehr.id_token_issuer or smart.issuer
+    if not issuer:
+        raise InvalidIdToken("no issuer to pin: set id_token_issuer for this EHR")
+    if not smart.jwks_uri:
+        raise InvalidIdToken("the EHR publishes no jwks_uri")
+    return validate_id_token(
+        id_token,
+        issuer=issuer,
+        client_id=ehr.client_id,
+        nonce=nonce,
+        keys=lambda refresh: services.discovery.jwks(smart.jwks_uri, refresh=refresh),
+    )
