@@ -7,6 +7,7 @@ can check them locally; id_tokens are signed RS256, RS384 or ES384 as the client
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import threading
@@ -21,9 +22,10 @@ from authlib.oauth2.rfc6749.models import AuthorizationCodeMixin
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode
+from flask import request as flask_request
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
 
 from launch.scopes import allowed_subset
 
@@ -35,6 +37,7 @@ from .state import IssuedToken, SandboxState
 CLIENT_ASSERTION_ALGS = ["RS384", "ES384", "RS256", "ES256"]
 MAX_ASSERTION_LIFETIME = 300  # SMART: exp no more than five minutes in the future
 CODE_LIFETIME = 60
+NARROW_SCOPE = "launch patient/Observation.rs"
 
 
 @dataclass
@@ -223,7 +226,7 @@ def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
     auth_methods = ["private_key_jwt", "client_secret_basic", "none"]
 
     def query_client(client_id: str) -> SandboxClient | None:
-        if "invalid_client" in state.switches:
+        if "invalid_client" in state.switches and flask_request.path.endswith("/token"):
             raise InvalidClientError(description="Simulated error: invalid_client switch is on.")
         return clients.get(client_id)
 
@@ -276,7 +279,11 @@ def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
                     code=code,
                     client_id=request.client.get_client_id(),
                     redirect_uri=request.payload.redirect_uri,
-                    scope=request.client.get_allowed_scope(request.payload.scope),
+                    scope=(
+                        NARROW_SCOPE
+                        if "narrow_scopes" in state.switches
+                        else request.client.get_allowed_scope(request.payload.scope)
+                    ),
                     user=request.user,
                     nonce=request.payload.data.get("nonce"),
                     code_challenge=request.payload.data.get("code_challenge"),
@@ -356,7 +363,8 @@ def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
         def encode_id_token(self, token, request):
             id_token = super().encode_id_token(token, request)
             decoded = jwt.decode(id_token, state.keys.keyset, algorithms=[request.client.reg.id_token_alg])
-            claims = decoded.claims
+            header, claims = dict(decoded.header), dict(decoded.claims)
+            id_token, header, claims = tamper_id_token(state, id_token, header, claims)
             state.record_token(
                 IssuedToken(
                     "id_token",
@@ -365,7 +373,7 @@ def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
                     request.client.get_client_id(),
                     token.get("scope", ""),
                     claims,
-                    dict(decoded.header),
+                    header,
                 ),
                 request.user.context.get("launch_id") if isinstance(request.user, Grantee) else None,
             )
@@ -405,7 +413,7 @@ def user_claims(state: SandboxState, staff: StaffUser) -> dict:
     return {
         "sub": staff.id,
         "name": staff.display_name,
-        "fhirUser": f"{settings.fhir_base(staff.organisation)}/Practitioner/{staff.practitioner_id}",
+        "fhirUser": fhir_user(settings.fhir_base(staff.organisation), staff),
         "nhsid_useruid": staff.sds_user_id,
         "selected_roleid": staff.role_profile_id,
         "nhsid_nrbac_roles": [
@@ -418,3 +426,56 @@ def user_claims(state: SandboxState, staff: StaffUser) -> dict:
             }
         ],
     }
+
+
+def tamper_id_token(state: SandboxState, id_token: str, header: dict, claims: dict) -> tuple[str, dict, dict]:
+    """Apply the id_token switches, so apps can prove they refuse each kind of bad id_token."""
+    on = state.switches
+    if not any(name.startswith("id_token_") for name in on):
+        return id_token, header, claims
+    claims = dict(claims)
+    now = int(time.time())
+    if "id_token_wrong_nonce" in on:
+        claims["nonce"] = "not-the-nonce-you-sent"
+    if "id_token_wrong_issuer" in on:
+        claims["iss"] = "https://impostor.example/auth"
+    if "id_token_wrong_audience" in on:
+        claims["aud"] = ["another-client"]
+    if "id_token_expired" in on:
+        claims["iat"], claims["exp"] = now - 7200, now - 3600
+    alg = header["alg"]
+    key = state.keys.for_alg(alg)
+    header = {"alg": alg, "kid": key.kid, "typ": "JWT"}
+    if "id_token_alg_none" in on:
+        header = {"alg": "none", "typ": "JWT"}
+        parts = [_b64(json.dumps(header).encode()), _b64(json.dumps(claims).encode())]
+        return ".".join(parts) + ".", header, claims
+    if "id_token_hs256" in on:
+        header = {"alg": "HS256", "kid": key.kid, "typ": "JWT"}
+        secret = OctKey.import_key(b"sandbox-shared-secret-known-to-everyone")
+        return jwt.encode(header, claims, secret, algorithms=["HS256"]), header, claims
+    if "id_token_unknown_key" in on:
+        key = (
+            RSAKey.generate_key(2048, parameters={"alg": alg}, private=True, auto_kid=True)
+            if alg.startswith("RS")
+            else ECKey.generate_key("P-384", parameters={"alg": alg}, private=True, auto_kid=True)
+        )
+        header = {"alg": alg, "kid": key.kid, "typ": "JWT"}
+    if "id_token_no_kid" in on:
+        header = {"alg": alg, "typ": "JWT"}
+    return jwt.encode(header, claims, key, algorithms=[alg]), header, claims
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def fhir_user(base: str, staff: StaffUser) -> str:
+    """Absolute Practitioner URL by default; staff.json may ask for a PractitionerRole or a relative URL,
+    since real EHRs send all three forms."""
+    form = staff.raw.get("fhir_user_form", "practitioner")
+    if form == "practitioner_role":
+        return f"{base}/PractitionerRole/{staff.role_id}"
+    if form == "relative":
+        return f"Practitioner/{staff.practitioner_id}"
+    return f"{base}/Practitioner/{staff.practitioner_id}"

@@ -394,8 +394,15 @@ class _Rewriter:
     becomes an absolute URL on that organisation's server, as it would between real systems.
     """
 
-    def __init__(self, by_full_url: dict[str, dict], shared_index: dict[str, dict], patient_id: str,
-                 org_id: str, home: dict[str, str], settings: SandboxSettings) -> None:
+    def __init__(
+        self,
+        by_full_url: dict[str, dict],
+        shared_index: dict[str, dict],
+        patient_id: str,
+        org_id: str,
+        home: dict[str, str],
+        settings: SandboxSettings,
+    ) -> None:
         self.by_full_url = by_full_url
         self.shared_index = shared_index
         self.patient_id = patient_id

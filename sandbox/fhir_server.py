@@ -241,7 +241,7 @@ def _authorise(rtype: str, permission: str) -> str:
             f"Invalid access token ({getattr(exc, 'error', 'malformed')}).",
             {"WWW-Authenticate": f'{realm}, error="invalid_token"'},
         ) from exc
-    if claims.get("iat", 0) < state.expired_before:
+    if claims.get("jti") in state.expired_jtis:
         raise FhirError(
             401,
             "expired",

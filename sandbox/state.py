@@ -21,6 +21,15 @@ SWITCHES = {
     "invalid_client": "the token endpoint refuses every client with invalid_client",
     "expired_token": "FHIR servers reject every access token issued so far as expired",
     "invalid_refresh": "refresh_token grants fail with invalid_grant",
+    "narrow_scopes": "grant only `launch patient/Observation.rs`, whatever was asked",
+    "id_token_wrong_nonce": "id_tokens carry a nonce the app did not send",
+    "id_token_wrong_issuer": "id_tokens name another issuer",
+    "id_token_wrong_audience": "id_tokens are addressed to another client",
+    "id_token_expired": "id_tokens expired an hour ago",
+    "id_token_alg_none": "id_tokens are unsigned (alg none)",
+    "id_token_hs256": "id_tokens are HMAC-signed (HS256) with a shared secret",
+    "id_token_unknown_key": "id_tokens are signed by a key the JWKS does not publish",
+    "id_token_no_kid": "id_tokens are correctly signed but carry no kid (valid: apps must cope)",
 }
 MAX_LAUNCHES = 200
 MAX_REQUESTS = 5000
@@ -78,7 +87,8 @@ class SandboxState:
             o.id: Faults(o.faults.latency_ms, o.faults.mode) for o in settings.organisations
         }
         self.switches: set[str] = set()
-        self.expired_before = 0.0
+        self.issued_jtis: deque[str] = deque(maxlen=20_000)
+        self.expired_jtis: set[str] = set()
         self.launches: OrderedDict[str, Launch] = OrderedDict()
         self.requests: deque[FhirRequest] = deque(maxlen=MAX_REQUESTS)
         self.standalone_tokens: list[IssuedToken] = []
@@ -102,6 +112,8 @@ class SandboxState:
 
     def record_token(self, token: IssuedToken, launch_id: str | None) -> None:
         with self.lock:
+            if token.kind == "access_token":
+                self.issued_jtis.append(token.claims["jti"])
             launch = self.launches.get(launch_id) if launch_id else None
             if launch is not None:
                 launch.tokens.append(token)
@@ -143,15 +155,15 @@ class SandboxState:
             if on:
                 self.switches.add(name)
                 if name == "expired_token":
-                    self.expired_before = time.time() + 1
+                    self.expired_jtis = set(self.issued_jtis)
             else:
                 self.switches.discard(name)
                 if name == "expired_token":
-                    self.expired_before = 0.0
+                    self.expired_jtis = set()
 
     def reset(self) -> None:
         """Back to the configured faults with no switches on (tests call this between cases)."""
         with self.lock:
             self.faults = {o.id: Faults(o.faults.latency_ms, o.faults.mode) for o in self.settings.organisations}
             self.switches.clear()
-            self.expired_before = 0.0
+            self.expired_jtis = set()

@@ -222,8 +222,10 @@ def test_required_staff_and_roles():
         "nhs_number",
         "gmc_number",
     }
+    optional = {"fhir_user_form"}  # practitioner (default) | practitioner_role | relative
     for member in STAFF:
-        assert set(member) == keys, member["id"]
+        assert keys <= set(member) <= keys | optional, member["id"]
+        assert member.get("fhir_user_form", "practitioner") in ("practitioner", "practitioner_role", "relative")
         assert member["organisation"] in ORGS
         assert member["practitioner_id"].startswith(member["organisation"] + "-")
         assert member["role_id"].startswith(member["organisation"] + "-")
