@@ -512,3 +512,19 @@ def test_support_contact_on_every_error_page(http, sandbox):
     assert "scr.servicedesk@example.nhs.uk" in resp.text and "0113 496 0000" in resp.text
     missing = http.get(f"{sandbox.viewer_url}/no/such/page")
     assert missing.status_code == 404 and "scr.servicedesk@example.nhs.uk" in missing.text
+
+
+def test_unregistered_redirect_uri_never_comes_back(http, sandbox, viewer):
+    """If the viewer's redirect URI is not registered, the EHR must stop the flow on its own page."""
+    config = viewer.config
+    viewer.config = replace(config, viewer=replace(config.viewer, base_url="http://127.0.0.1:9"))
+    try:
+        to_viewer = http.get(
+            f"{sandbox.sandbox_url}/ehr/launch", params={"user": "dr-patel", "patient": MARGARET}, allow_redirects=False
+        )
+        to_authorize = http.get(to_viewer.headers["Location"], allow_redirects=False)
+    finally:
+        viewer.config = config
+    assert q(to_authorize.headers["Location"])["redirect_uri"] == "http://127.0.0.1:9/callback"
+    refused = http.get(to_authorize.headers["Location"], allow_redirects=False)
+    assert refused.status_code == 400 and "Location" not in refused.headers
