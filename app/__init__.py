@@ -24,6 +24,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["SCR"] = config
     app.secret_key = config.viewer.secret_key or secrets.token_bytes(32)
 
+    from launch.backend import BackendTokens
     from launch.context import ContextStore
     from launch.discovery import Discovery
     from launch.flow import LaunchServices
@@ -33,18 +34,23 @@ def create_app(config: Config | None = None) -> Flask:
     from launch.tokens import TokenManager
     from launch.views import bp as launch_bp
 
+    from .record.service import RecordService
+
     # Keys load (in development: are created) now, so a missing key fails at start, not mid-launch.
     keyset = load_keyset(config.viewer.keys_file, generate=config.viewer.generate_dev_keys)
     store = MemoryStore()
+    discovery = Discovery()
+    tokens = TokenManager(store, config, keyset)
     app.session_interface = ServerSessionInterface(store)
     app.extensions["launch"] = LaunchServices(
         config=config,
         store=store,
-        discovery=Discovery(),
-        tokens=TokenManager(store, config, keyset),
+        discovery=discovery,
+        tokens=tokens,
         contexts=ContextStore(store),
         keyset=keyset,
     )
+    app.extensions["record"] = RecordService(config, tokens, BackendTokens(store, discovery, keyset))
     app.register_blueprint(launch_bp)
 
     from .security import install_security_headers

@@ -385,11 +385,12 @@ def age_token(viewer, ctx_id: str, seconds_left: int = 5) -> None:
 
 
 def test_refresh_before_expiry(http, sandbox, viewer):
+    """``refresh=1`` re-reads the record, which needs the EHR token (a cached record needs none)."""
     resp = scripted(http, sandbox)
     ctx = ctx_id_of(resp)
     old = viewer.tokens.load(ctx)
     age_token(viewer, ctx)
-    assert http.get(resp.url).status_code == 200
+    assert http.get(resp.url, params={"refresh": "1"}).status_code == 200
     new = viewer.tokens.load(ctx)
     assert new.access_token != old.access_token and new.fresh()
     assert new.refresh_token != old.refresh_token  # the sandbox rotates refresh tokens
@@ -406,7 +407,7 @@ def test_concurrent_requests_during_refresh_keep_the_new_token(http, sandbox, vi
         browser = new_browser()
         browser.cookies.update(http.cookies)
         try:
-            r = browser.get(resp.url)
+            r = browser.get(resp.url, params={"refresh": "1"})
             results.append((r.status_code, "Margaret" in r.text))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
@@ -427,7 +428,7 @@ def test_refresh_failure_asks_to_relaunch(http, sandbox, viewer):
     resp = scripted(http, sandbox)
     age_token(viewer, ctx_id_of(resp))
     http.post(f"{sandbox.sandbox_url}/admin/switches", json={"invalid_refresh": True}).raise_for_status()
-    again = http.get(resp.url)
+    again = http.get(resp.url, params={"refresh": "1"})
     assert again.status_code == 401
     assert "Open it again from your clinical system" in again.text
 
@@ -435,7 +436,7 @@ def test_refresh_failure_asks_to_relaunch(http, sandbox, viewer):
 def test_server_side_expiry_triggers_one_refresh(http, sandbox, viewer):
     resp = scripted(http, sandbox)
     http.post(f"{sandbox.sandbox_url}/admin/switches", json={"expired_token": True}).raise_for_status()
-    again = http.get(resp.url)
+    again = http.get(resp.url, params={"refresh": "1"})
     assert again.status_code == 200 and "Margaret" in again.text
     assert len(launch_tokens(sandbox, "access_token")) == 2
 
@@ -500,7 +501,7 @@ def test_errors_log_the_detail_under_the_correlation_id(http, sandbox, caplog):
 def test_source_failure_after_launch_is_a_clear_page(http, sandbox):
     resp = scripted(http, sandbox)
     http.post(f"{sandbox.sandbox_url}/admin/faults/gp", json={"mode": "error_500"}).raise_for_status()
-    again = http.get(resp.url)
+    again = http.get(resp.url, params={"refresh": "1"})
     assert again.status_code == 502
     assert "could not be read from your clinical system" in again.text
     assert "Traceback" not in again.text and "500" not in again.text.split("correlation-id")[0][-200:]

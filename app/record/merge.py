@@ -1,0 +1,690 @@
+"""Normalise FHIR resources from every organisation into section rows; one fact, one row, all sources.
+
+The rules (also in docs/record-rules.md, which the tests implement independently):
+
+- **Code** of a resource: its first coding with a system and code (``system|code``); without one, the
+  lower-cased text (``text:<text>``). Resources without either are never merged with anything.
+- **Problems** (Condition): same code and overlapping intervals [onset, abatement or open-ended].
+- **Medications** (MedicationRequest, MedicationStatement): same medicine code and overlapping intervals
+  [start, end]; start is authoredOn / effective start / dateAsserted; end is the validity or effective
+  end, or the start itself when the status is stopped, completed, cancelled, entered-in-error or
+  not-taken; otherwise open-ended.
+- **Allergies**: same code. **Immunisations**: same vaccine code and date. **Procedures**: same code and
+  performed date. **Results** (Observation): same code, same effective time (to the minute) and same
+  value. **Reports** (DiagnosticReport): same code and effective date.
+- **Encounters, documents, care plans, care teams, episodes, flags, related people**: one row each,
+  except that resources sharing an identifier (system and value) are the same fact.
+- Dates compare at day granularity unless stated. Any two resources sharing an identifier are always
+  the same fact.
+
+Conflicts are flagged, never resolved: an allergy at one organisation against "no known allergies" at
+another; different doses (or strengths) of the same medicine among current medications.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+OPEN_END = "9999-12-31"
+NKA_CODES = {
+    "716186003": "No known allergy",
+    "409137002": "No known drug allergy",
+    "428607008": "No known environmental allergy",
+    "429625007": "No known food allergy",
+}
+STOPPED_STATUSES = {"stopped", "completed", "cancelled", "entered-in-error", "not-taken"}
+CURRENT_MED_STATUSES = {"active", "on-hold", "intended"}
+ACTIVE_PROBLEM_STATUSES = {"active", "recurrence", "relapse"}
+
+
+@dataclass
+class SourceRef:
+    source_id: str
+    name: str
+    ods: str
+    reference: str  # Type/id at that source
+    url: str  # absolute URL at that source
+    last_updated: str | None
+
+
+@dataclass
+class Row:
+    section: str
+    title: str
+    code: str | None
+    date: str | None
+    sources: list[SourceRef]
+    resources: list[dict]
+    status: str | None = None
+    end: str | None = None
+    detail: dict = field(default_factory=dict)
+    conflicts: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        """Stable across requests: derived from the source references."""
+        joined = "|".join(sorted(f"{s.source_id}:{s.reference}" for s in self.sources))
+        return hashlib.sha1(joined.encode(), usedforsecurity=False).hexdigest()[:12]
+
+    @property
+    def last_updated(self) -> str | None:
+        stamps = [s.last_updated for s in self.sources if s.last_updated]
+        return max(stamps) if stamps else None
+
+    @property
+    def source_ids(self) -> list[str]:
+        return sorted({s.source_id for s in self.sources})
+
+    @property
+    def security_labels(self) -> set[str]:
+        labels = set()
+        for r in self.resources:
+            for label in (r.get("meta") or {}).get("security") or []:
+                if label.get("code"):
+                    labels.add(label["code"])
+        return labels
+
+
+@dataclass
+class Item:
+    """A resource with where it came from: the unit merging works on."""
+
+    resource: dict
+    source: SourceRef
+
+
+# ---- small readers -----------------------------------------------------------------------------------------
+
+
+def code_key(concept: dict | None) -> str | None:
+    if not isinstance(concept, dict):
+        return None
+    for coding in concept.get("coding") or []:
+        if coding.get("system") and coding.get("code"):
+            return f"{coding['system']}|{coding['code']}"
+    text = (concept.get("text") or "").strip().lower()
+    return f"text:{text}" if text else None
+
+
+def concept_text(concept: dict | None) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    if concept.get("text"):
+        return concept["text"]
+    for coding in concept.get("coding") or []:
+        if coding.get("display"):
+            return coding["display"]
+    for coding in concept.get("coding") or []:
+        if coding.get("code"):
+            return coding["code"]
+    return ""
+
+
+def day(value: str | None) -> str | None:
+    return value[:10] if isinstance(value, str) and len(value) >= 4 else None
+
+
+def minute(value: str | None) -> str | None:
+    return value[:16] if isinstance(value, str) and len(value) >= 10 else None
+
+
+def keyed(code: str | None, *parts: object) -> str | None:
+    """A merge key, or None (never merged) when the resource has no code."""
+    if code is None:
+        return None
+    return "@".join([code, *(str(p) for p in parts)])
+
+
+def identifiers(resource: dict) -> list[str]:
+    out = [
+        f"{i.get('system')}|{i.get('value')}"
+        for i in resource.get("identifier") or []
+        if isinstance(i, dict) and i.get("system") and i.get("value")
+    ]
+    master = resource.get("masterIdentifier")
+    if isinstance(master, dict) and master.get("system") and master.get("value"):
+        out.append(f"{master['system']}|{master['value']}")
+    return out
+
+
+def status_code(concept: dict | None) -> str | None:
+    if not isinstance(concept, dict):
+        return None
+    for coding in concept.get("coding") or []:
+        if coding.get("code"):
+            return coding["code"]
+    return None
+
+
+# ---- grouping ---------------------------------------------------------------------------------------------
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def group(
+    items: list[Item], key: Callable[[Item], str | None], interval: Callable[[Item], tuple[str, str]] | None = None
+) -> list[list[Item]]:
+    """Groups of the same fact: same key and (when given) overlapping intervals, or a shared identifier."""
+    uf = _UnionFind(len(items))
+    by_ident: dict[str, int] = {}
+    for i, item in enumerate(items):
+        for ident in identifiers(item.resource):
+            if ident in by_ident:
+                uf.union(by_ident[ident], i)
+            else:
+                by_ident[ident] = i
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        k = key(item)
+        if k is not None:
+            by_key[k].append(i)
+    for members in by_key.values():
+        if interval is None:
+            for i in members[1:]:
+                uf.union(members[0], i)
+            continue
+        spans = sorted((interval(items[i]), i) for i in members)
+        current_end, anchor = None, None
+        for (start, end), i in spans:
+            if anchor is not None and start <= current_end:
+                uf.union(anchor, i)
+                current_end = max(current_end, end)
+            else:
+                anchor, current_end = i, end
+    groups: dict[int, list[Item]] = defaultdict(list)
+    for i, item in enumerate(items):
+        groups[uf.find(i)].append(item)
+    return list(groups.values())
+
+
+def _row(section: str, members: list[Item], title: str, code: str | None, date: str | None, **kw) -> Row:
+    return Row(
+        section=section,
+        title=title,
+        code=code,
+        date=date,
+        sources=[m.source for m in members],
+        resources=[m.resource for m in members],
+        **kw,
+    )
+
+
+# ---- sections ---------------------------------------------------------------------------------------------
+
+
+def problems(items: list[Item]) -> list[Row]:
+    def span(item: Item) -> tuple[str, str]:
+        r = item.resource
+        start = (
+            day(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start") or r.get("recordedDate"))
+            or "0000-01-01"
+        )
+        end = day(r.get("abatementDateTime") or (r.get("abatementPeriod") or {}).get("end")) or OPEN_END
+        return start, max(start, end)
+
+    rows = []
+    for members in group(items, lambda i: code_key(i.resource.get("code")), span):
+        starts, ends = zip(*(span(m) for m in members), strict=True)
+        statuses = {status_code(m.resource.get("clinicalStatus")) for m in members}
+        end = max(ends)
+        active = bool(statuses & ACTIVE_PROBLEM_STATUSES) and end == OPEN_END
+        first = members[0].resource
+        rows.append(
+            _row(
+                "problems",
+                members,
+                concept_text(first.get("code")) or "Unnamed problem",
+                code_key(first.get("code")),
+                min(starts),
+                end=None if end == OPEN_END else end,
+                status="active" if active else (sorted(s for s in statuses if s)[0] if any(statuses) else "unknown"),
+            )
+        )
+    return newest_first(rows, lambda r: r.status != "active")
+
+
+def _med_concept(r: dict) -> dict | None:
+    return r.get("medicationCodeableConcept") or {"text": (r.get("medicationReference") or {}).get("display")}
+
+
+def _med_span(r: dict) -> tuple[str, str]:
+    start = (
+        day(
+            r.get("authoredOn")
+            or (r.get("effectivePeriod") or {}).get("start")
+            or r.get("effectiveDateTime")
+            or r.get("dateAsserted")
+        )
+        or "0000-01-01"
+    )
+    end = day(
+        ((r.get("dispenseRequest") or {}).get("validityPeriod") or {}).get("end")
+        or (r.get("effectivePeriod") or {}).get("end")
+    )
+    if end is None:
+        end = start if r.get("status") in STOPPED_STATUSES else OPEN_END
+    return start, max(start, end)
+
+
+def dose_text(r: dict) -> str:
+    dosage = (r.get("dosageInstruction") or r.get("dosage") or [{}])[0]
+    if dosage.get("text"):
+        return dosage["text"]
+    for dr in dosage.get("doseAndRate") or []:
+        q = dr.get("doseQuantity") or {}
+        if q.get("value") is not None:
+            return f"{q['value']} {q.get('unit', '')}".strip()
+    return ""
+
+
+def last_issued(r: dict) -> str | None:
+    for ext in r.get("extension") or []:
+        if ext.get("url", "").endswith("MedicationStatementLastIssueDate") and ext.get("valueDateTime"):
+            return day(ext["valueDateTime"])
+    validity = ((r.get("dispenseRequest") or {}).get("validityPeriod") or {}).get("start")
+    return day(validity or r.get("authoredOn"))
+
+
+def ingredient(title: str) -> str:
+    """The medicine's name without strength or form, to find the same medicine at other strengths."""
+    words = re.findall(r"[a-z]+", title.lower())
+    return words[0] if words else title.lower()
+
+
+def medications(items: list[Item]) -> list[Row]:
+    rows = []
+    for members in group(items, lambda i: code_key(_med_concept(i.resource)), lambda i: _med_span(i.resource)):
+        spans = [_med_span(m.resource) for m in members]
+        end = max(e for _, e in spans)
+        statuses = {m.resource.get("status") for m in members}
+        current = bool(statuses & CURRENT_MED_STATUSES) and end == OPEN_END
+        latest = max(members, key=lambda m: _med_span(m.resource)[0]).resource
+        issued = [d for d in (last_issued(m.resource) for m in members) if d]
+        row = _row(
+            "medications",
+            members,
+            concept_text(_med_concept(latest)) or "Unnamed medicine",
+            code_key(_med_concept(latest)),
+            min(s for s, _ in spans),
+            end=None if end == OPEN_END else end,
+            status="current" if current else "past",
+            detail={
+                "dose": dose_text(latest),
+                "last_issued": max(issued) if issued else None,
+                "doses": sorted({dose_text(m.resource) for m in members if dose_text(m.resource)}),
+            },
+        )
+        if len(row.detail["doses"]) > 1 and len(row.source_ids) > 1:
+            row.conflicts.append(
+                "Different doses recorded: "
+                + "; ".join(f"{dose_text(m.resource)} at {m.source.name}" for m in members if dose_text(m.resource))
+                + "."
+            )
+        rows.append(row)
+    _flag_dose_conflicts([r for r in rows if r.status == "current"])
+    return sorted(rows, key=lambda r: (r.status != "current", r.title.lower()))
+
+
+def _flag_dose_conflicts(current: list[Row]) -> None:
+    """The same medicine at different strengths or doses from different organisations."""
+    by_ingredient: dict[str, list[Row]] = defaultdict(list)
+    for row in current:
+        by_ingredient[ingredient(row.title)].append(row)
+    for rows in by_ingredient.values():
+        if len(rows) < 2 or len({s for r in rows for s in r.source_ids}) < 2:
+            continue
+        described = {r.id: f"{r.title} {r.detail.get('dose') or ''}".strip() for r in rows}
+        if len(set(described.values())) < 2:
+            continue
+        for row in rows:
+            others = [
+                f"{described[o.id]} at {', '.join(s.name for s in o.sources)}"
+                for o in rows
+                if o is not row and set(o.source_ids) != set(row.source_ids)
+            ]
+            if others:
+                row.conflicts.append("Different dose or strength recorded elsewhere: " + "; ".join(others) + ".")
+
+
+def allergies(items: list[Item]) -> list[Row]:
+    rows = []
+    for members in group(items, lambda i: code_key(i.resource.get("code"))):
+        first = members[0].resource
+        verification = {status_code(m.resource.get("verificationStatus")) for m in members} - {None}
+        code = code_key(first.get("code"))
+        nka = bool(code and code.split("|")[-1] in NKA_CODES)
+        row = _row(
+            "allergies",
+            members,
+            concept_text(first.get("code")) or (NKA_CODES.get(code.split("|")[-1]) if code else "") or "Unnamed",
+            code,
+            day(first.get("recordedDate") or first.get("onsetDateTime")),
+            status=status_code(first.get("clinicalStatus")) or ("no-known" if nka else None),
+            detail={
+                "nka": nka,
+                "criticality": first.get("criticality"),
+                "reactions": sorted(
+                    {
+                        concept_text(m)
+                        for r in members
+                        for rx in r.resource.get("reaction") or []
+                        for m in rx.get("manifestation") or []
+                        if concept_text(m)
+                    }
+                ),
+                "category": ", ".join(first.get("category") or []),
+            },
+        )
+        if len(verification) > 1:
+            row.conflicts.append("Organisations disagree whether this is confirmed: " + ", ".join(sorted(verification)))
+        rows.append(row)
+    real = [
+        r
+        for r in rows
+        if not r.detail["nka"]
+        and r.status not in ("inactive", "resolved")
+        and "refuted" not in {status_code(x.get("verificationStatus")) for x in r.resources}
+    ]
+    for nka_row in (r for r in rows if r.detail["nka"]):
+        clashing = [r for r in real if not set(r.source_ids) <= set(nka_row.source_ids)]
+        if clashing:
+            nka_row.conflicts.append(
+                "Allergies are recorded elsewhere: "
+                + "; ".join(f"{r.title} at {', '.join(s.name for s in r.sources)}" for r in clashing)
+                + "."
+            )
+            for r in clashing:
+                r.conflicts.append(f"Recorded as '{nka_row.title}' at {', '.join(s.name for s in nka_row.sources)}.")
+    return sorted(rows, key=lambda r: (r.detail["nka"], r.title.lower()))
+
+
+ENCOUNTER_CLASSES = {
+    "AMB": "Appointment",
+    "EMER": "A&E attendance",
+    "IMP": "Admission",
+    "ACUTE": "Admission",
+    "HH": "Home visit",
+    "VR": "Remote consultation",
+    "OBSENC": "Observation stay",
+}
+
+
+def encounters(items: list[Item]) -> list[Row]:
+    rows = []
+    for members in group(items, lambda i: None):
+        r = members[0].resource
+        cls = (r.get("class") or {}).get("code")
+        reasons = sorted(
+            {concept_text(c) for m in members for c in m.resource.get("reasonCode") or [] if concept_text(c)}
+        )
+        rows.append(
+            _row(
+                "encounters",
+                members,
+                concept_text((r.get("type") or [None])[0]) or ENCOUNTER_CLASSES.get(cls, "Encounter"),
+                code_key((r.get("type") or [None])[0]),
+                (r.get("period") or {}).get("start"),
+                end=(r.get("period") or {}).get("end"),
+                status=r.get("status"),
+                detail={"kind": ENCOUNTER_CLASSES.get(cls, cls or ""), "reasons": reasons},
+            )
+        )
+    return newest_first(rows)
+
+
+def observation_value(r: dict) -> str:
+    if "valueQuantity" in r:
+        q = r["valueQuantity"]
+        return f"{_num(q.get('value'))} {q.get('unit') or q.get('code') or ''}".strip()
+    if "valueCodeableConcept" in r:
+        return concept_text(r["valueCodeableConcept"])
+    for key in ("valueString", "valueBoolean", "valueInteger", "valueDateTime"):
+        if key in r:
+            return str(r[key])
+    parts = []
+    for c in r.get("component") or []:
+        if "valueQuantity" in c:
+            parts.append(f"{_num(c['valueQuantity'].get('value'))}")
+    if parts:
+        unit = (r["component"][0].get("valueQuantity") or {}).get("unit", "")
+        return "/".join(parts) + (f" {unit}" if unit else "")
+    return ""
+
+
+def _num(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.2f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def observation_time(r: dict) -> str | None:
+    return r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start") or r.get("issued")
+
+
+def results(items: list[Item]) -> list[Row]:
+    rows = []
+
+    def key(i: Item) -> str:
+        r = i.resource
+        return keyed(code_key(r.get("code")), minute(observation_time(r)), observation_value(r))
+
+    for members in group(items, key):
+        r = members[0].resource
+        category = next((concept_text(c) for c in r.get("category") or []), "")
+        rows.append(
+            _row(
+                "results",
+                members,
+                concept_text(r.get("code")) or "Unnamed result",
+                code_key(r.get("code")),
+                observation_time(r),
+                status=r.get("status"),
+                detail={
+                    "value": observation_value(r),
+                    "category": category,
+                    "numeric": numeric_points(r),
+                    "interpretation": concept_text((r.get("interpretation") or [None])[0]),
+                },
+            )
+        )
+    return newest_first(rows)
+
+
+def numeric_points(r: dict) -> dict[str, tuple[float, str]]:
+    """Series name → (value, unit) for charting: the observation itself or each component."""
+    out = {}
+    q = r.get("valueQuantity")
+    if isinstance(q, dict) and isinstance(q.get("value"), int | float):
+        out[concept_text(r.get("code"))] = (float(q["value"]), q.get("unit") or "")
+    for c in r.get("component") or []:
+        cq = c.get("valueQuantity")
+        if isinstance(cq, dict) and isinstance(cq.get("value"), int | float):
+            out[concept_text(c.get("code"))] = (float(cq["value"]), cq.get("unit") or "")
+    return out
+
+
+def reports(items: list[Item]) -> list[Row]:
+    rows = []
+    for members in group(items, lambda i: keyed(code_key(i.resource.get("code")), day(observation_time(i.resource)))):
+        r = members[0].resource
+        rows.append(
+            _row(
+                "reports",
+                members,
+                concept_text(r.get("code")) or "Report",
+                code_key(r.get("code")),
+                observation_time(r),
+                status=r.get("status"),
+                detail={"conclusion": r.get("conclusion"), "results": len(r.get("result") or [])},
+            )
+        )
+    return newest_first(rows)
+
+
+def immunisations(items: list[Item]) -> list[Row]:
+    rows = []
+    for members in group(
+        items, lambda i: keyed(code_key(i.resource.get("vaccineCode")), day(i.resource.get("occurrenceDateTime")))
+    ):
+        r = members[0].resource
+        rows.append(
+            _row(
+                "immunisations",
+                members,
+                concept_text(r.get("vaccineCode")) or "Vaccine",
+                code_key(r.get("vaccineCode")),
+                r.get("occurrenceDateTime"),
+                status=r.get("status"),
+            )
+        )
+    return newest_first(rows)
+
+
+def _performed(r: dict) -> str | None:
+    return r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")
+
+
+def procedures(items: list[Item]) -> list[Row]:
+    rows = []
+    for members in group(items, lambda i: keyed(code_key(i.resource.get("code")), day(_performed(i.resource)))):
+        r = members[0].resource
+        rows.append(
+            _row(
+                "procedures",
+                members,
+                concept_text(r.get("code")) or "Procedure",
+                code_key(r.get("code")),
+                _performed(r),
+                status=r.get("status"),
+            )
+        )
+    return newest_first(rows)
+
+
+def documents(items: list[Item]) -> list[Row]:
+    rows = []
+    for members in group(items, lambda i: None):
+        r = members[0].resource
+        attachment = next((c.get("attachment") or {} for c in r.get("content") or []), {})
+        rows.append(
+            _row(
+                "documents",
+                members,
+                concept_text(r.get("type")) or r.get("description") or "Document",
+                code_key(r.get("type")),
+                r.get("date") or (r.get("context") or {}).get("period", {}).get("start"),
+                status=r.get("docStatus") or r.get("status"),
+                detail={
+                    "description": r.get("description"),
+                    "content_type": attachment.get("contentType"),
+                    "authors": [a.get("display") for a in r.get("author") or [] if a.get("display")],
+                    "category": next((concept_text(c) for c in r.get("category") or []), ""),
+                },
+            )
+        )
+    return newest_first(rows)
+
+
+def simple(section: str, title: Callable[[dict], str], date: Callable[[dict], str | None]):
+    """Sections where each resource is its own fact unless identifiers say otherwise."""
+
+    def build(items: list[Item]) -> list[Row]:
+        rows = [
+            _row(
+                section,
+                members,
+                title(members[0].resource) or section.title(),
+                None,
+                date(members[0].resource),
+                status=members[0].resource.get("status"),
+            )
+            for members in group(items, lambda i: None)
+        ]
+        return newest_first(rows)
+
+    return build
+
+
+def newest_first(rows: list[Row], then: Callable[[Row], object] | None = None) -> list[Row]:
+    """Newest first, undated last; ``then`` groups before that (a stable second sort)."""
+    rows = sorted(rows, key=lambda r: r.date or "", reverse=True)
+    return sorted(rows, key=then) if then else rows
+
+
+def _person_name(r: dict) -> str:
+    name = (r.get("name") or [{}])[0]
+    return name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]).strip()
+
+
+SECTION_BUILDERS: dict[str, tuple[tuple[str, ...], Callable[[list[Item]], list[Row]]]] = {
+    "problems": (("Condition",), problems),
+    "medications": (("MedicationRequest", "MedicationStatement"), medications),
+    "allergies": (("AllergyIntolerance",), allergies),
+    "encounters": (("Encounter",), encounters),
+    "results": (("Observation",), results),
+    "reports": (("DiagnosticReport",), reports),
+    "immunisations": (("Immunization",), immunisations),
+    "procedures": (("Procedure",), procedures),
+    "documents": (("DocumentReference",), documents),
+    "care_plans": (
+        ("CarePlan",),
+        simple(
+            "care_plans",
+            lambda r: r.get("title") or concept_text((r.get("category") or [None])[0]) or "Care plan",
+            lambda r: (r.get("period") or {}).get("start") or r.get("created"),
+        ),
+    ),
+    "care_teams": (
+        ("CareTeam",),
+        simple(
+            "care_teams",
+            lambda r: r.get("name") or concept_text((r.get("category") or [None])[0]) or "Care team",
+            lambda r: (r.get("period") or {}).get("start"),
+        ),
+    ),
+    "episodes": (
+        ("EpisodeOfCare",),
+        simple(
+            "episodes",
+            lambda r: concept_text((r.get("type") or [None])[0]) or "Episode of care",
+            lambda r: (r.get("period") or {}).get("start"),
+        ),
+    ),
+    "flags": (
+        ("Flag",),
+        simple(
+            "flags", lambda r: concept_text(r.get("code")) or "Alert", lambda r: (r.get("period") or {}).get("start")
+        ),
+    ),
+    "contacts": (("RelatedPerson",), simple("contacts", _person_name, lambda r: (r.get("period") or {}).get("start"))),
+}
+
+
+def build_sections(items_by_type: dict[str, list[Item]]) -> dict[str, list[Row]]:
+    out = {}
+    for section, (types, builder) in SECTION_BUILDERS.items():
+        items: list[Item] = [i for t in types for i in items_by_type.get(t, [])]
+        out[section] = builder(items)
+    return out
+
+
+def items_from(source_ref: Callable[[dict], SourceRef], resources: Iterable[dict]) -> list[Item]:
+    return [Item(r, source_ref(r)) for r in resources]

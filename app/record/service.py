@@ -1,0 +1,145 @@
+"""Gathers one launch's consolidated record: start the fetch, watch it, merge what has arrived.
+
+The fetch for a launch context is started once and kept for a short time (the per-launch record cache),
+so every section page, progress poll and export of that launch reuses it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from app.config import Config
+from launch.backend import BackendTokens
+from launch.context import LaunchContext
+from launch.ehr_client import EhrFhirClient
+from launch.tokens import TokenManager
+
+from .fetch import FetchJob, SourceResult, TokenSource
+from .match import Demographics, demographic_warnings, demographics, nhs_number_of
+from .merge import Item, Row, SourceRef, build_sections
+from .sources import RecordSource, record_sources
+
+RECORD_TTL = 300  # seconds a fetched record is reused before it is fetched again
+
+
+@dataclass
+class ConsolidatedRecord:
+    nhs_number: str | None
+    patient: dict
+    results: list[SourceResult]
+    sections: dict[str, list[Row]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    complete: bool = False
+
+    def section(self, name: str) -> list[Row]:
+        return self.sections.get(name, [])
+
+    @property
+    def loaded(self) -> list[SourceResult]:
+        return [r for r in self.results if r.usable]
+
+    @property
+    def problems(self) -> list[SourceResult]:
+        """Sources whose data is missing or incomplete: the completeness banner lists every one."""
+        return [r for r in self.results if r.state in ("failed", "partial")]
+
+    @property
+    def waiting(self) -> list[SourceResult]:
+        return [r for r in self.results if not r.done]
+
+
+@dataclass
+class _Entry:
+    created: float
+    job: FetchJob | None
+    patient: dict
+    nhs_number: str | None
+    merged: dict[tuple, ConsolidatedRecord] = field(default_factory=dict)
+
+
+class RecordService:
+    def __init__(self, config: Config, tokens: TokenManager, backend: BackendTokens) -> None:
+        self.config, self.tokens, self.backend = config, tokens, backend
+        self._cache: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def start(self, ctx: LaunchContext, request_id: str, refresh: bool = False) -> _Entry:
+        """The launch's fetch, started now or reused from the cache."""
+        with self._lock:
+            entry = self._cache.get(ctx.id)
+            fresh = entry and (time.time() - entry.created < RECORD_TTL or (entry.job and not entry.job.all_done()))
+            if entry and fresh and not refresh:
+                return entry
+        client = EhrFhirClient(self.tokens, ctx.id, ctx.iss, request_id)
+        patient = client.get(f"Patient/{ctx.patient}")  # the launching EHR says who this is
+        nhs = nhs_number_of(patient)
+        job = None
+        if nhs:
+            sources = record_sources(self.config, ctx.iss)
+            tokens = {s.id: self._token_source(s, ctx) for s in sources}
+            known = {s.id: ctx.patient for s in sources if s.auth == "user"}
+            job = FetchJob(sources, nhs, tokens, request_id, known_patients=known).start()
+        entry = _Entry(time.time(), job, patient, nhs)
+        with self._lock:
+            self._cache[ctx.id] = entry
+            for key in [k for k, e in self._cache.items() if time.time() - e.created > 4 * RECORD_TTL]:
+                del self._cache[key]
+        return entry
+
+    def record(self, entry: _Entry) -> ConsolidatedRecord:
+        """Merge every source that has finished; cached per set of finished sources."""
+        if entry.job is None:
+            return ConsolidatedRecord(None, entry.patient, [], complete=True)
+        results = list(entry.job.results.values())
+        key = tuple(sorted(r.source.id for r in results if r.done))
+        with self._lock:
+            cached = entry.merged.get(key)
+        if cached:
+            return cached
+        items: dict[str, list[Item]] = {}
+        people: list[Demographics] = []
+        for result in results:
+            if not result.usable:
+                continue
+            people.append(demographics(result.source.name, result.patient))
+            for rtype, resources in result.resources.items():
+                items.setdefault(rtype, []).extend(Item(r, _source_ref(result.source, r)) for r in resources)
+        record = ConsolidatedRecord(
+            nhs_number=entry.nhs_number,
+            patient=entry.patient,
+            results=results,
+            sections=build_sections(items),
+            warnings=demographic_warnings(people),
+            complete=len(key) == len(results),
+        )
+        with self._lock:
+            entry.merged = {key: record}
+        return record
+
+    def _token_source(self, source: RecordSource, ctx: LaunchContext) -> TokenSource | None:
+        if source.auth == "user":
+            return TokenSource(
+                lambda: self.tokens.access_token(ctx.id), lambda: self.tokens.access_token(ctx.id, force_refresh=True)
+            )
+        if source.auth == "backend_services" and source.config is not None:
+
+            def renew() -> str:
+                self.backend.forget(source.config)
+                return self.backend.token_for(source.config)
+
+            return TokenSource(lambda: self.backend.token_for(source.config), renew)
+        return None
+
+
+def _source_ref(source: RecordSource, resource: dict) -> SourceRef:
+    reference = f"{resource.get('resourceType')}/{resource.get('id')}"
+    return SourceRef(
+        source_id=source.id,
+        name=source.name,
+        ods=source.ods_code,
+        reference=reference,
+        url=f"{source.base_url}/{reference}",
+        last_updated=(resource.get("meta") or {}).get("lastUpdated"),
+    )
