@@ -182,10 +182,12 @@ class FetchJob:
         self.started = time.time()
 
     # -- running ------------------------------------------------------------------------------------
-    def start(self) -> FetchJob:
-        executor = POOLS.executor()
+    def start(self, sequential: bool = False) -> FetchJob:
+        """Fan out on the shared pool; ``sequential`` runs every request one after another in this thread
+        (only for the benchmark's side-by-side comparison)."""
+        self._submit = _inline if sequential else POOLS.executor().submit
         for result in self.results.values():
-            executor.submit(self._run_source, result)
+            self._submit(self._run_source, result)
         return self
 
     def wait(self, timeout: float) -> bool:
@@ -240,9 +242,8 @@ class FetchJob:
             return
         with self._lock:
             self._pending[source.id] = len(FETCH_TYPES)
-        executor = POOLS.executor()
         for rtype in FETCH_TYPES:
-            executor.submit(self._run_type, result, rtype, deadline, token)
+            self._submit(self._run_type, result, rtype, deadline, token)
 
     def _run_type(self, result: SourceResult, rtype: str, deadline: float, token: str | None) -> None:
         problem = None
@@ -368,6 +369,10 @@ class FetchJob:
             return provider.renew() if provider else None
         except Exception:  # noqa: BLE001
             return None
+
+
+def _inline(fn, *args) -> None:
+    fn(*args)
 
 
 def _entries(bundle: dict) -> list[dict]:
