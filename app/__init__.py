@@ -51,6 +51,7 @@ def create_app(config: Config | None = None) -> Flask:
         keyset=keyset,
     )
     app.extensions["record"] = RecordService(config, tokens, BackendTokens(store, discovery, keyset))
+    _install_governance(app, config, store, tokens)
     app.register_blueprint(launch_bp)
 
     from .security import install_security_headers
@@ -58,9 +59,66 @@ def create_app(config: Config | None = None) -> Flask:
 
     register_views(app)
     install_security_headers(app)
+    _install_template_helpers(app)
     _install_request_ids(app)
     _install_error_pages(app)
     return app
+
+
+def _install_governance(app: Flask, config: Config, store, tokens) -> None:
+    """Audit trail, alerts, training register and the access service, sharing one database."""
+    from app.access.policy import AccessRules
+    from app.access.service import AccessService
+    from app.access.training import TrainingRegister
+    from app.audit.alerts import AlertBox, WebhookDeliverer
+    from app.audit.cli import audit_cli
+    from app.audit.store import AuditStore, AuditUnavailable, database_url
+    from app.audit.trail import AuditTrail
+    from app.config import resolve_path
+
+    audit_conf = config.raw.get("audit", {})
+    url = database_url(
+        audit_conf.get("database_url") or None,
+        resolve_path(config.path.parent, audit_conf.get("sqlite_path", "../var/audit.sqlite3")),
+    )
+    audit_store = AuditStore(url)
+    alerts = AlertBox(
+        audit_store, [WebhookDeliverer(u) for u in config.raw.get("alerts", {}).get("webhook_urls", []) if u]
+    )
+    access_conf = dict(config.raw.get("access", {}))
+    training = TrainingRegister(audit_store, access_conf.pop("training", []))
+    try:
+        audit_store.create_schema()
+        alerts.create_schema()
+        training.create_schema()
+    except (AuditUnavailable, Exception) as exc:  # noqa: BLE001 - start anyway; every access will be refused
+        log.error("audit store unavailable at start (%s): records will not be shown until it is back", exc)
+    trail = AuditTrail(audit_store, observer=config.viewer.base_url)
+    app.extensions.update(
+        audit_store=audit_store,
+        audit=trail,
+        alerts=alerts,
+        training=training,
+        access=AccessService(AccessRules.from_config(access_conf), store, trail, alerts, training, tokens),
+    )
+    app.cli.add_command(audit_cli)
+
+    def audit_launch(ctx, request_id: str) -> None:
+        trail.record("launch", request_id=request_id, ctx=ctx, description=f"launch from {ctx.ehr_name}",
+                     details={"standalone": ctx.standalone, "scope": ctx.scope})
+
+    app.extensions["launch"].on_launch = audit_launch
+
+
+def _install_template_helpers(app: Flask) -> None:
+    import time
+
+    from .record.nhs_number import format_nhs_number
+    from .views.csrf import csrf_token
+
+    app.jinja_env.filters["nhs"] = lambda v: format_nhs_number(v or "")
+    app.jinja_env.filters["clock"] = lambda t: time.strftime("%H:%M", time.localtime(t))
+    app.jinja_env.globals["csrf_token"] = csrf_token
 
 
 def _install_request_ids(app: Flask) -> None:
@@ -76,11 +134,42 @@ def _install_request_ids(app: Flask) -> None:
 
 
 def _install_error_pages(app: Flask) -> None:
+    from app.audit.store import AuditUnavailable
     from launch.errors import LaunchError
+
+    from .views.gate import Interrupt
+
+    @app.errorhandler(Interrupt)
+    def _interrupt(exc: Interrupt):
+        return exc.response
+
+    @app.errorhandler(AuditUnavailable)
+    def _audit_down(exc: AuditUnavailable):
+        log.error("request %s: refused because the audit trail is unavailable: %s", g.get("request_id"), exc)
+        return render_template(
+            "viewer/error.html",
+            error=_Plain(
+                503,
+                "The record cannot be shown right now",
+                "Every look at a shared record must be recorded, and the record of access cannot be written at the "
+                "moment, so nothing is shown. Try again shortly; if it keeps happening, contact the service desk.",
+            ),
+            request_id=g.get("request_id"),
+        ), 503
 
     @app.errorhandler(LaunchError)
     def _launch_error(err: LaunchError):
         log.warning("request %s: %s: %s", g.get("request_id"), err.audit_code, err.detail)
+        try:
+            app.extensions["audit"].record(
+                "refusal" if err.status < 500 else "error",
+                request_id=g.get("request_id", ""),
+                user={},
+                outcome="minor-failure" if err.status < 500 else "serious-failure",
+                description=f"{err.audit_code}: {err.detail}"[:1000],
+            )
+        except AuditUnavailable:
+            log.error("request %s: could not audit %s", g.get("request_id"), err.audit_code)
         return render_template("viewer/error.html", error=err, request_id=g.get("request_id")), err.status
 
     @app.errorhandler(404)

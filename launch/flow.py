@@ -10,6 +10,7 @@ import base64
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -40,6 +41,7 @@ class LaunchServices:
     tokens: TokenManager
     contexts: ContextStore
     keyset: KeySet
+    on_launch: Callable[[LaunchContext, str], None] | None = None  # e.g. the audit trail; may refuse by raising
 
     @property
     def redirect_uri(self) -> str:

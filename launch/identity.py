@@ -11,6 +11,7 @@ from .errors import IdentityUnresolved, SourceError
 
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 SDS_USER_SYSTEM = "https://fhir.nhs.uk/Id/sds-user-id"
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 JOB_ROLE_SYSTEMS = (
     "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode",
     "https://fhir.hl7.org.uk/CodeSystem/UKCore-SDSJobRoleName",
@@ -27,6 +28,8 @@ def resolve_identity(client: EhrFhirClient, fhir_user: str | None, claims: dict)
         "role_codes": [],
         "activity_codes": [],
         "organisation": None,  # {"ods": ..., "name": ..., "reference": ...}
+        "practitioner": None,  # "Practitioner/<id>" at the launching EHR
+        "nhs_number": None,  # when the EHR links the user's staff record to their own patient identity
     }
     _apply_rbac_claims(identity, claims)
     rtype = _reference_type(fhir_user)
@@ -82,10 +85,13 @@ def _apply_fhir(identity: dict, client: EhrFhirClient, fhir_user: str, rtype: st
             if e.get("resource", {}).get("resourceType") == "PractitionerRole"
         ]
     if practitioner:
+        identity["practitioner"] = f"Practitioner/{practitioner.get('id')}"
         identity["name"] = identity["name"] or _human_name(practitioner.get("name"))
         for ident in practitioner.get("identifier") or []:
             if ident.get("system") == SDS_USER_SYSTEM and not identity["sds_user_id"]:
                 identity["sds_user_id"] = ident.get("value")
+            if ident.get("system") == NHS_NUMBER_SYSTEM:
+                identity["nhs_number"] = (ident.get("value") or "").replace(" ", "") or None
     for role in roles:
         for concept in role.get("code") or []:
             for coding in concept.get("coding") or []:

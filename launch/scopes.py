@@ -88,7 +88,8 @@ RECORD_TYPES = (
     "Procedure",
     "RelatedPerson",
 )
-IDENTITY_SCOPES = ("user/Practitioner.r", "user/PractitionerRole.rs", "user/Organization.r")
+# Practitioner search lets the viewer ask the user's own system whether the patient is a colleague.
+IDENTITY_SCOPES = ("user/Practitioner.rs", "user/PractitionerRole.rs", "user/Organization.r")
 
 
 def launch_scopes(standalone: bool) -> str:

@@ -52,6 +52,8 @@ def standalone_launch():
 def callback():
     params = {k: request.args.get(k, "") for k in ("state", "code", "error", "error_description")}
     ctx = flow.complete(services(), params, session.get("binding", ""), g.request_id)
+    if services().on_launch:
+        services().on_launch(ctx, g.request_id)  # recorded before the user sees anything
     session.rotate()  # a new session id once signed in
     earlier = [c for c in session.get("contexts", []) if c != ctx.id][-(MAX_CONTEXTS_PER_SESSION - 1) :]
     session["contexts"] = [*earlier, ctx.id]

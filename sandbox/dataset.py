@@ -152,6 +152,8 @@ def staff_resources(user: StaffUser, org: Organisation) -> list[dict]:
     identifiers = [{"system": SDS_USER_SYSTEM, "value": user.sds_user_id}]
     if user.raw.get("gmc_number"):
         identifiers.append({"system": GMC_SYSTEM, "value": user.raw["gmc_number"]})
+    if user.nhs_number:  # the staff record is linked to the person's own patient identity
+        identifiers.append({"system": NHS_NUMBER_SYSTEM, "value": user.nhs_number})
     practitioner = {
         "resourceType": "Practitioner",
         "id": user.practitioner_id,

@@ -203,3 +203,36 @@ def _launch_url_allowed(url: str) -> bool:
         return False
     registered = {u for c in _state().settings.clients for u in c.launch_uris}
     return url in registered or parts.hostname in LOOPBACK_HOSTS
+
+
+# ---- inbox: alerts the viewer delivers to care teams and privacy officers ------------------------------
+
+
+@bp.post("/ehr/inbox/messages")
+def receive_message():
+    """Webhook the viewer posts alerts to (JSON). Loopback only, like the rest of the sandbox."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict) or not data.get("message") or not data.get("recipient"):
+        abort(400, "Send a JSON alert with recipient and message.")
+    with _state().lock:
+        _state().inbox.append(
+            {
+                k: data.get(k)
+                for k in ("id", "created", "kind", "recipient", "patient_nhs", "user_name", "user_org", "message")
+            }
+        )
+    return {"status": "received"}, 202
+
+
+@bp.get("/ehr/inbox")
+def inbox():
+    """The signed-in user's inbox: their organisation's care-team alerts, and privacy alerts for R0001."""
+    user = _user()
+    if user is None:
+        return redirect(url_for("ehr.home"))
+    org = _state().settings.organisation(user.organisation)
+    mine = {f"care-team:{org.ods_code}"} if org else set()
+    if user.job_role_code == "R0001":
+        mine.add("privacy-officer")
+    messages = [m for m in reversed(_state().inbox) if m.get("recipient") in mine]
+    return render_template("sandbox/inbox.html", messages=messages, user=user)

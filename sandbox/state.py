@@ -93,6 +93,7 @@ class SandboxState:
         self.requests: deque[FhirRequest] = deque(maxlen=MAX_REQUESTS)
         self.standalone_tokens: list[IssuedToken] = []
         self.backend_tokens: deque[IssuedToken] = deque(maxlen=500)
+        self.inbox: deque[dict] = deque(maxlen=1000)  # alerts delivered by the viewer, newest last
 
     # -- launches ------------------------------------------------------------------------------
     def create_launch(self, **kwargs) -> Launch:

@@ -52,6 +52,7 @@ def test_env(tmp_path: Path, sandbox_port: int, viewer_port: int) -> dict[str, s
         "VIEWER_URL": f"http://127.0.0.1:{viewer_port}",
         "SCR_KEYS_FILE": str(tmp_path / "viewer.jwks.json"),
         "SCR_SYNTHEA_DIR": str(SYNTHEA_DIR),
+        "SCR_AUDIT_SQLITE": str(tmp_path / "audit.sqlite3"),
     }
 
 

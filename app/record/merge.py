@@ -674,6 +674,14 @@ SECTION_BUILDERS: dict[str, tuple[tuple[str, ...], Callable[[list[Item]], list[R
             "flags", lambda r: concept_text(r.get("code")) or "Alert", lambda r: (r.get("period") or {}).get("start")
         ),
     ),
+    "consents": (
+        ("Consent",),
+        simple(
+            "consents",
+            lambda r: concept_text((r.get("category") or [None])[0]) or "Consent",
+            lambda r: r.get("dateTime"),
+        ),
+    ),
     "contacts": (("RelatedPerson",), simple("contacts", _person_name, lambda r: (r.get("period") or {}).get("start"))),
 }
 

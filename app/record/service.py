@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.config import Config
@@ -24,6 +25,19 @@ from .sources import RecordSource, record_sources
 RECORD_TTL = 300  # seconds a fetched record is reused before it is fetched again
 
 
+class Withholding:
+    """What may not be shown: the access decision's rule, applied before merging."""
+
+    def __init__(self, sensitive: Callable[[dict], bool] | None, withheld_ods: frozenset[str]) -> None:
+        self.sensitive, self.withheld_ods = sensitive, withheld_ods
+        self.key = (sensitive is not None, tuple(sorted(withheld_ods)))
+
+    def hides(self, source: RecordSource, resource: dict) -> bool:
+        if source.ods_code and source.ods_code in self.withheld_ods:
+            return True
+        return bool(self.sensitive and self.sensitive(resource))
+
+
 @dataclass
 class ConsolidatedRecord:
     nhs_number: str | None
@@ -32,6 +46,7 @@ class ConsolidatedRecord:
     sections: dict[str, list[Row]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     complete: bool = False
+    withheld: int = 0  # items left out (sensitive, or from an organisation the patient objected to)
 
     def section(self, name: str) -> list[Row]:
         return self.sections.get(name, [])
@@ -88,34 +103,43 @@ class RecordService:
                 del self._cache[key]
         return entry
 
-    def record(self, entry: _Entry) -> ConsolidatedRecord:
-        """Merge every source that has finished; cached per set of finished sources."""
+    def record(self, entry: _Entry, withhold: Withholding | None = None) -> ConsolidatedRecord:
+        """Merge every source that has finished, leaving out what ``withhold`` says may not be shown.
+
+        Cached per set of finished sources and withholding rule, so polling and paging cost nothing.
+        """
         if entry.job is None:
             return ConsolidatedRecord(None, entry.patient, [], complete=True)
         results = list(entry.job.results.values())
-        key = tuple(sorted(r.source.id for r in results if r.done))
+        key = (tuple(sorted(r.source.id for r in results if r.done)), withhold.key if withhold else None)
         with self._lock:
             cached = entry.merged.get(key)
         if cached:
             return cached
         items: dict[str, list[Item]] = {}
         people: list[Demographics] = []
+        withheld = 0
         for result in results:
             if not result.usable:
                 continue
             people.append(demographics(result.source.name, result.patient))
             for rtype, resources in result.resources.items():
-                items.setdefault(rtype, []).extend(Item(r, _source_ref(result.source, r)) for r in resources)
+                for r in resources:
+                    if withhold and withhold.hides(result.source, r):
+                        withheld += 1
+                        continue
+                    items.setdefault(rtype, []).append(Item(r, _source_ref(result.source, r)))
         record = ConsolidatedRecord(
             nhs_number=entry.nhs_number,
             patient=entry.patient,
             results=results,
             sections=build_sections(items),
             warnings=demographic_warnings(people),
-            complete=len(key) == len(results),
+            complete=len(key[0]) == len(results),
+            withheld=withheld,
         )
         with self._lock:
-            entry.merged = {key: record}
+            entry.merged = {k: v for k, v in entry.merged.items() if k[0] == key[0]} | {key: record}
         return record
 
     def _token_source(self, source: RecordSource, ctx: LaunchContext) -> TokenSource | None:

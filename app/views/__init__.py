@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, render_template
 
-from . import record
+from . import access, privacy, record
 
 
 def register_views(app: Flask) -> None:
@@ -19,3 +19,5 @@ def register_views(app: Flask) -> None:
         return jsonify(status="ok")
 
     app.register_blueprint(record.bp)
+    app.register_blueprint(access.bp)
+    app.register_blueprint(privacy.bp)

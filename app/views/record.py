@@ -23,6 +23,8 @@ from app.record.nhs_number import NHS_NUMBER_SYSTEM, format_nhs_number, is_valid
 from launch.context import LaunchContext
 from launch.errors import SessionExpired
 
+from .gate import SCOPE_SECTIONS, open_record
+
 bp = Blueprint("record", __name__, url_prefix="/r/<ctx_id>")
 
 FIRST_SCREEN_WAIT = 1.5  # seconds the first page waits for the organisations before showing progress
@@ -97,15 +99,15 @@ def patient_banner(patient: dict) -> dict:
     }
 
 
-def _record(ctx: LaunchContext, wait: float):
-    service = current_app.extensions["record"]
-    entry = service.start(ctx, g.request_id, refresh=request.args.get("refresh") == "1")
-    if entry.job is not None:
-        entry.job.wait(wait)
-    return service.record(entry)
+def _record(ctx: LaunchContext, wait: float, section: str):
+    record, _decision = open_record(ctx, section, wait)
+    return record
 
 
 def _render(template: str, ctx: LaunchContext, record, section: str, **kw) -> str:
+    decision = g.get("decision")
+    allowed = SCOPE_SECTIONS.get(decision.scope) if decision else None
+    shown = [(k, label) for k, label in views.SECTIONS if allowed is None or k in allowed]
     return render_template(
         template,
         ctx=ctx,
@@ -113,7 +115,9 @@ def _render(template: str, ctx: LaunchContext, record, section: str, **kw) -> st
         banner=patient_banner(record.patient),
         user=ctx.identity,
         section=section,
-        sections=views.SECTIONS,
+        sections=shown,
+        decision=decision,
+        break_glass_until=g.get("break_glass_until"),
         **kw,
     )
 
@@ -121,7 +125,7 @@ def _render(template: str, ctx: LaunchContext, record, section: str, **kw) -> st
 @bp.get("/")
 def home(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, FIRST_SCREEN_WAIT)
+    record = _record(ctx, FIRST_SCREEN_WAIT, "summary")
     return _render("record/summary.html", ctx, record, "summary", summary=views.summary(record))
 
 
@@ -129,7 +133,8 @@ def home(ctx_id: str):
 def progress(ctx_id: str):
     """The organisations' state, polled by htmx; tells htmx to reload once everything has arrived."""
     ctx = load_context(ctx_id)
-    record = _record(ctx, 0)
+    service = current_app.extensions["record"]
+    record = service.record(service.start(ctx, g.request_id))  # states only: nothing clinical
     resp = Response(render_template("record/_sources.html", record=record, ctx=ctx))
     if record.complete:
         resp.headers["HX-Refresh"] = "true"
@@ -139,7 +144,7 @@ def progress(ctx_id: str):
 @bp.get("/<any(problems, medications, allergies, immunisations, procedures):name>")
 def section(ctx_id: str, name: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT)
+    record = _record(ctx, SECTION_WAIT, name)
     page = views.paginate(record.section(name), request.args.get("page", 1, type=int))
     if request.headers.get("HX-Request") and request.args.get("fragment"):
         return render_template("record/_rows.html", page=page, name=name, ctx=ctx)
@@ -149,7 +154,7 @@ def section(ctx_id: str, name: str):
 @bp.get("/encounters")
 def encounters(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT)
+    record = _record(ctx, SECTION_WAIT, "encounters")
     date_from = _date_arg("from")
     date_to = _date_arg("to")
     org = request.args.get("org") or None
@@ -171,7 +176,7 @@ def _date_arg(name: str) -> str | None:
 @bp.get("/results")
 def results(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT)
+    record = _record(ctx, SECTION_WAIT, "results")
     trends = views.trends(record)
     charts = [(t, trend_svg(t.name, t.unit, t.points, t.sources), legend(t.sources)) for t in trends[:12]]
     page = views.paginate(record.section("results"), request.args.get("page", 1, type=int))
@@ -192,7 +197,7 @@ def results(ctx_id: str):
 @bp.get("/results/trend/<slug>")
 def trend(ctx_id: str, slug: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT)
+    record = _record(ctx, SECTION_WAIT, "results")
     found = next((t for t in views.trends(record) if t.slug == slug), None)
     if found is None:
         abort(404)
@@ -203,7 +208,7 @@ def trend(ctx_id: str, slug: str):
 @bp.get("/documents")
 def documents(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT)
+    record = _record(ctx, SECTION_WAIT, "documents")
     by_org: dict[str, list] = {}
     for row in record.section("documents"):
         for src in row.sources:
@@ -214,7 +219,7 @@ def documents(ctx_id: str):
 @bp.get("/documents/<row_id>")
 def document(ctx_id: str, row_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT)
+    record = _record(ctx, SECTION_WAIT, "documents")
     row = next((r for r in record.section("documents") if r.id == row_id), None)
     if row is None:
         abort(404)
@@ -261,14 +266,14 @@ def document_body(resource: dict) -> Markup:
 @bp.get("/care")
 def care(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT)
+    record = _record(ctx, SECTION_WAIT, "care")
     return _render("record/care.html", ctx, record, "care", services=views.involved_services(record))
 
 
 @bp.get("/export.json")
 def export(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT)
+    record = _record(ctx, SECTION_WAIT, "export")
     resp = jsonify(export_bundle(record, current_app.config["SCR"].viewer.base_url))
     resp.headers["Content-Type"] = "application/fhir+json; charset=utf-8"
     resp.headers["Content-Disposition"] = (

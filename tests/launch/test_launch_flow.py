@@ -117,7 +117,15 @@ def test_standalone_launch_from_the_viewer_start_page(http, sandbox):
     assert landed.status_code == 200, landed.text
     assert landed.url.startswith(f"{sandbox.viewer_url}/r/")
     assert "Arthur" in landed.text and format_nhs_number(ARTHUR) in landed.text
-    assert "Dr Rhys Evans" in landed.text
+    # Outside an EHR there is no encounter to establish a relationship: the A&E doctor records a reason.
+    assert "/access/reason" in landed.url
+    form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', landed.text))
+    record = http.post(landed.url.split("?")[0], data={**form, "reason": "ETREAT"})
+    assert (
+        record.status_code == 200
+        and "Dr Rhys Evans" in record.text
+        and "Allergies and adverse reactions" in record.text
+    )
 
 
 def test_standalone_refused_for_an_ehr_not_offered_standalone(http, sandbox):

@@ -1,0 +1,277 @@
+"""The audit trail: append-only, hash-chained FHIR AuditEvents in SQLite (default) or PostgreSQL.
+
+Each row stores the AuditEvent JSON, its sequence number, the previous row's hash and its own hash
+(SHA-256 over the previous hash and the canonical JSON). Appends are serialised — SQLite with
+``BEGIN IMMEDIATE``, PostgreSQL with a transaction-level advisory lock — so there is one chain with no
+gaps or forks, whatever the concurrency. Triggers refuse UPDATE and DELETE. ``verify`` walks the chain
+and reports the first broken link. The same SQLAlchemy code runs on both databases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import (
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+ADVISORY_LOCK_KEY = 7_204_117  # any constant: the chain's lock in PostgreSQL
+
+metadata = MetaData()
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("recorded", String(40), nullable=False),
+    Column("patient_nhs", String(10), index=True),
+    Column("user_id", String(200), index=True),
+    Column("org_ods", String(20), index=True),
+    Column("purpose", String(20), index=True),
+    Column("action_code", String(80), nullable=False),
+    Column("outcome", String(2), nullable=False),
+    Column("event_json", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+)
+Index("ix_audit_recorded", audit_events.c.recorded)
+
+
+class AuditUnavailable(RuntimeError):
+    """The audit trail cannot be written; access must be refused."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    recorded: str
+    event: dict
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    first_broken: int | None = None
+    reason: str = ""
+
+
+def canonical(event_json: dict) -> str:
+    return json.dumps(event_json, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(prev_hash: str, seq: int, body: str) -> str:
+    return hashlib.sha256(f"{prev_hash}|{seq}|{body}".encode()).hexdigest()
+
+
+def database_url(url: str | None, default_path: Path) -> str:
+    return url or f"sqlite:///{default_path}"
+
+
+class AuditStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+        self._pid = None
+
+    # -- engine (created lazily: one per process, after fork) ------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        import os
+
+        with self._lock:
+            if self._engine is None or self._pid != os.getpid():
+                self._engine = self._create_engine()
+                self._pid = os.getpid()
+            return self._engine
+
+    def _create_engine(self) -> Engine:
+        if self.is_sqlite:
+            path = self.url.removeprefix("sqlite:///")
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                self.url,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                isolation_level=None,
+                pool_pre_ping=True,
+            )
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn, _record):
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")  # an audit trail must survive power loss (pitfall D1)
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+
+            @event.listens_for(engine, "begin")
+            def _begin_immediate(conn):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock before reading the chain head (D2)
+
+            return engine
+        return create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+    def create_schema(self) -> None:
+        """Tables plus triggers that make the table append-only (migrations live in ``migrations/``)."""
+        try:
+            metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                for statement in self._append_only_triggers():
+                    conn.exec_driver_sql(statement)
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(f"audit store schema could not be created: {exc.__class__.__name__}") from exc
+
+    def _append_only_triggers(self) -> list[str]:
+        if self.is_sqlite:
+            return [
+                "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit_events "
+                "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
+                "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_events "
+                "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
+            ]
+        return [
+            "CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger AS $$ "
+            "BEGIN RAISE EXCEPTION 'audit_events is append-only'; END $$ LANGUAGE plpgsql",
+            "DROP TRIGGER IF EXISTS audit_no_change ON audit_events",
+            "CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit_events "
+            "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()",
+        ]
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def append(
+        self,
+        event_json: dict,
+        *,
+        patient_nhs: str | None,
+        user_id: str | None,
+        org_ods: str | None,
+        purpose: str | None,
+        action_code: str,
+        outcome: str,
+    ) -> StoredEvent:
+        """Append one event to the chain; raises AuditUnavailable if it cannot be made durable."""
+        try:
+            with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                head = conn.execute(
+                    select(audit_events.c.seq, audit_events.c.hash).order_by(audit_events.c.seq.desc()).limit(1)
+                ).first()
+                seq = (head.seq + 1) if head else 1
+                prev = head.hash if head else GENESIS
+                body = dict(event_json)
+                body["id"] = f"audit-{seq}"
+                serialised = canonical(body)
+                digest = chain_hash(prev, seq, serialised)
+                conn.execute(
+                    insert(audit_events).values(
+                        seq=seq,
+                        recorded=body.get("recorded", ""),
+                        patient_nhs=patient_nhs,
+                        user_id=user_id,
+                        org_ods=org_ods,
+                        purpose=purpose,
+                        action_code=action_code,
+                        outcome=outcome,
+                        event_json=serialised,
+                        prev_hash=prev,
+                        hash=digest,
+                    )
+                )
+            return StoredEvent(seq, body.get("recorded", ""), body, prev, digest)
+        except SQLAlchemyError as exc:
+            log.error("audit write failed: %s", exc.__class__.__name__)
+            raise AuditUnavailable(f"audit write failed: {exc.__class__.__name__}") from exc
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def search(
+        self,
+        *,
+        patient_nhs: str | None = None,
+        user_id: str | None = None,
+        org_ods: str | None = None,
+        purpose: str | None = None,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        limit: int = 500,
+    ) -> list[StoredEvent]:
+        q = select(audit_events).order_by(audit_events.c.seq.desc()).limit(limit)
+        if patient_nhs:
+            q = q.where(audit_events.c.patient_nhs == patient_nhs)
+        if user_id:
+            q = q.where(audit_events.c.user_id == user_id)
+        if org_ods:
+            q = q.where(audit_events.c.org_ods == org_ods)
+        if purpose:
+            q = q.where(audit_events.c.purpose == purpose)
+        if date_from:
+            q = q.where(audit_events.c.recorded >= date_from)
+        if date_to:
+            q = q.where(audit_events.c.recorded <= date_to + "T23:59:59Z")
+        try:
+            with self.engine.connect() as conn:
+                return [self._row(r) for r in conn.execute(q)]
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(f"audit read failed: {exc.__class__.__name__}") from exc
+
+    def iter_chain(self, batch: int = 1000) -> Iterator[StoredEvent]:
+        last = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(audit_events).where(audit_events.c.seq > last).order_by(audit_events.c.seq).limit(batch)
+                ).all()
+            if not rows:
+                return
+            for r in rows:
+                yield self._row(r)
+            last = rows[-1].seq
+
+    def verify(self) -> VerifyResult:
+        """Recompute every hash in order; the first row whose link or hash does not hold is reported."""
+        prev, expected_seq, checked = GENESIS, 1, 0
+        for item in self.iter_chain():
+            if item.seq != expected_seq:
+                return VerifyResult(
+                    False, checked, expected_seq, f"sequence gap: expected {expected_seq}, found {item.seq}"
+                )
+            if item.prev_hash != prev:
+                return VerifyResult(False, checked, item.seq, "previous-hash link broken")
+            if chain_hash(prev, item.seq, canonical(item.event)) != item.hash:
+                return VerifyResult(False, checked, item.seq, "content does not match its hash (altered)")
+            prev, expected_seq, checked = item.hash, expected_seq + 1, checked + 1
+        return VerifyResult(True, checked)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(text("SELECT COUNT(*) FROM audit_events")).scalar_one()
+
+    @staticmethod
+    def _row(r) -> StoredEvent:
+        return StoredEvent(r.seq, r.recorded, json.loads(r.event_json), r.prev_hash, r.hash)

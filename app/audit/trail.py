@@ -1,0 +1,56 @@
+"""What the rest of the viewer calls: record an audit event for a launch, fail closed if it cannot."""
+
+from __future__ import annotations
+
+from launch.context import LaunchContext
+
+from .events import audit_event
+from .store import AuditStore, StoredEvent
+
+
+class AuditTrail:
+    def __init__(self, store: AuditStore, observer: str) -> None:
+        self.store, self.observer = store, observer
+
+    def record(
+        self,
+        kind: str,
+        *,
+        request_id: str,
+        ctx: LaunchContext | None = None,
+        user: dict | None = None,
+        client_id: str = "scr-viewer",
+        patient_nhs: str | None = None,
+        patient_name: str | None = None,
+        purpose: str | None = None,
+        outcome: str = "success",
+        description: str = "",
+        what: str | None = None,
+        details: dict | None = None,
+    ) -> StoredEvent:
+        """Append an AuditEvent; raises AuditUnavailable, which the caller turns into a refusal."""
+        user = user if user is not None else (ctx.identity if ctx else None) or {}
+        event = audit_event(
+            kind,
+            user=user,
+            client_id=client_id,
+            observer=self.observer,
+            request_id=request_id,
+            outcome=outcome,
+            description=description,
+            patient_nhs=patient_nhs,
+            patient_name=patient_name,
+            purpose=purpose,
+            what=what,
+            details={"launch-context": ctx.id if ctx else None, "iss": ctx.iss if ctx else None, **(details or {})},
+        )
+        org = (user.get("organisation") or {}).get("ods")
+        return self.store.append(
+            event,
+            patient_nhs=patient_nhs,
+            user_id=user.get("sds_user_id") or user.get("sub"),
+            org_ods=org,
+            purpose=purpose,
+            action_code=kind,
+            outcome=event["outcome"],
+        )
