@@ -104,8 +104,13 @@ def _install_governance(app: Flask, config: Config, store, tokens) -> None:
     app.cli.add_command(audit_cli)
 
     def audit_launch(ctx, request_id: str) -> None:
-        trail.record("launch", request_id=request_id, ctx=ctx, description=f"launch from {ctx.ehr_name}",
-                     details={"standalone": ctx.standalone, "scope": ctx.scope})
+        trail.record(
+            "launch",
+            request_id=request_id,
+            ctx=ctx,
+            description=f"launch from {ctx.ehr_name}",
+            details={"standalone": ctx.standalone, "scope": ctx.scope},
+        )
 
     app.extensions["launch"].on_launch = audit_launch
 

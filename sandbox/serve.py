@@ -35,17 +35,20 @@ def serve(app, host: str, port: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=os.environ.get("SCR_CONFIG"))
+    parser.add_argument("--only", choices=("sandbox", "viewer"), help="start just one of the two (benchmarks)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
-        viewer = create_app(config)
-        sandbox = create_sandbox_app(config)
+        viewer = create_app(config) if args.only != "sandbox" else None
+        sandbox = create_sandbox_app(config) if args.only != "viewer" else None
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     servers = []
     for url, app in ((config.raw["sandbox"]["base_url"], sandbox), (config.viewer.base_url, viewer)):
+        if app is None:
+            continue
         parts = urlsplit(url)
         if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             print(f"refusing to bind {url}: the sandbox only listens on loopback", file=sys.stderr)

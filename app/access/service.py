@@ -142,15 +142,10 @@ class AccessService:
             details={"reason-text": note},
         )
         self.store.set(f"reason:{ctx.id}", {"code": code, "note": note}, ttl=12 * 3600)
-        for ods in self._care_team_ods(record):
-            self._alert(
-                ctx,
-                "reason",
-                f"care-team:{ods}",
-                record,
-                f"opened the record with the reason '{code}'" + (f": {note}" if note else "") + ".",
-                event.seq,
-            )
+        what = f"opened the record with the self-declared reason '{code}'" + (f": {note}" if note else "") + "."
+        # The care team learns who looked; privacy officers review self-declared reasons (B0016).
+        for recipient in [*(f"care-team:{ods}" for ods in self._care_team_ods(record)), PRIVACY_OFFICER]:
+            self._alert(ctx, "reason", recipient, record, what, event.seq)
 
     def start_break_glass(
         self, ctx: LaunchContext, record: ConsolidatedRecord, justification: str, request_id: str

@@ -114,7 +114,10 @@ class AuditStore:
         if self.is_sqlite:
             path = self.url.removeprefix("sqlite:///")
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise AuditUnavailable(f"audit database folder cannot be created: {exc.strerror}") from exc
             engine = create_engine(
                 self.url,
                 connect_args={"check_same_thread": False, "timeout": 30},

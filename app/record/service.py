@@ -23,6 +23,7 @@ from .merge import Item, Row, SourceRef, build_sections
 from .sources import RecordSource, record_sources
 
 RECORD_TTL = 300  # seconds a fetched record is reused before it is fetched again
+MAX_CACHED_RECORDS = 20  # per worker: bounds memory (~13 MB for the largest sandbox patient)
 
 
 class Withholding:
@@ -94,13 +95,15 @@ class RecordService:
         if nhs:
             sources = record_sources(self.config, ctx.iss)
             tokens = {s.id: self._token_source(s, ctx) for s in sources}
-            known = {s.id: ctx.patient for s in sources if s.auth == "user"}
+            known = {s.id: patient for s in sources if s.auth == "user"}  # already read: no second round trip
             job = FetchJob(sources, nhs, tokens, request_id, known_patients=known).start()
         entry = _Entry(time.time(), job, patient, nhs)
         with self._lock:
             self._cache[ctx.id] = entry
             for key in [k for k, e in self._cache.items() if time.time() - e.created > 4 * RECORD_TTL]:
                 del self._cache[key]
+            while len(self._cache) > MAX_CACHED_RECORDS:  # oldest first: dicts keep insertion order
+                del self._cache[next(iter(self._cache))]
         return entry
 
     def record(self, entry: _Entry, withhold: Withholding | None = None) -> ConsolidatedRecord:
