@@ -4,14 +4,18 @@ Run from the repository root::
 
     .venv/bin/python -m bench.record_bench [--rounds 7] [--latency-ms 50] [--render-repeats 15]
 
-Starts the sandbox and the viewer in this process on free loopback ports (as ``tests/conftest.py`` does,
-with the TCP_NODELAY handler), injects latency on every organisation, and measures:
+Starts the sandbox's FHIR and authorisation servers in their own process (``python -m sandbox.serve --only
+sandbox``), as in production where they are other machines, and the viewer in this process (the bench needs
+its record service), both on free loopback ports with the TCP_NODELAY handler. Injects latency on every
+organisation and measures:
 
 1. the record fetch for a launched context (a fresh ``FetchJob`` built exactly as ``RecordService.start``
-   builds it, with warm token caches), in parallel and sequentially, interleaved, against the physical
-   floor computed from the data (slowest source's chain of round trips × measured RTT);
+   builds it, with warm token caches and the launch's Patient passed in), in parallel and sequentially,
+   interleaved, against the physical floor computed from the data (slowest source's chain of round trips ×
+   measured RTT; the data is loaded here too, for sizing only, and frozen out of the GC);
 2. server time to render the largest patient's summary and results pages once the data has arrived;
-3. peak resident memory of a viewer worker (run in a subprocess, so the sandbox is not counted).
+3. peak resident memory of a viewer worker (run in a subprocess, so the sizing copy of the data is not
+   counted).
 
 Prints a table and writes ``bench/results.json``. See ``bench/README.md``.
 """
@@ -28,6 +32,8 @@ import math
 import os
 import platform
 import re
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,9 +51,10 @@ from app import create_app
 from app.config import DEFAULT_CONFIG, load_config
 from app.record.fetch import FETCH_TYPES, PAGE_SIZE, POOLS, FetchJob
 from app.record.sources import record_sources
-from sandbox import create_sandbox_app
+from sandbox.dataset import load_dataset
 from sandbox.fhir_server import MAX_COUNT
 from sandbox.serve import NoDelayHandler
+from sandbox.settings import sandbox_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
@@ -66,6 +73,7 @@ SECTION_PAGES = (
     "care",
 )
 EXTRA_LAUNCHES = 5
+SANDBOX_START_TIMEOUT_S = 180
 TARGETS = {"parallel_over_floor": 1.25, "sequential_over_parallel": 8.0, "render_ms": 300.0, "worker_rss_mb": 250.0}
 
 
@@ -88,6 +96,18 @@ def summarise(values: list[float]) -> dict:
         "max": round(max(values), 1),
         "samples": [round(v, 1) for v in values],
     }
+
+
+def proc_cpu_ms(pid: int) -> float:
+    """User + system CPU time of another process (from /proc/<pid>/stat; clock-tick resolution, 10 ms)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def proc_status(pid: int | str = "self") -> dict[str, float]:
@@ -154,21 +174,6 @@ class GcMonitor:
         }
 
 
-class CpuMeter:
-    """WSGI middleware: thread CPU time spent inside the sandbox app (excludes the injected sleep)."""
-
-    def __init__(self, app) -> None:
-        self.app, self.total_ms, self._lock = app, 0.0, threading.Lock()
-
-    def __call__(self, environ, start_response):
-        t0 = time.thread_time()
-        try:
-            return self.app(environ, start_response)
-        finally:
-            with self._lock:
-                self.total_ms += (time.thread_time() - t0) * 1000
-
-
 class MeteredFetchJob(FetchJob):
     """Diagnostic only: thread CPU time of the viewer's HTTP GET + JSON parse, summed over the pool."""
 
@@ -188,32 +193,63 @@ class MeteredFetchJob(FetchJob):
 
 
 class Harness:
-    """Sandbox and viewer served by real threaded HTTP servers on free loopback ports."""
+    """The viewer on a threaded HTTP server in this process; the sandbox in its own process."""
 
     def __init__(self, tmp: Path) -> None:
         self.rss = {"start": proc_status()}
-        self.sandbox_srv, self.viewer_srv = _bind(), _bind()
+        self.viewer_srv = _bind()
         self.env = {
-            "SANDBOX_URL": f"http://127.0.0.1:{self.sandbox_srv.server_port}",
+            "SCR_CONFIG": str(DEFAULT_CONFIG),
+            "SANDBOX_URL": f"http://127.0.0.1:{free_port()}",
             "VIEWER_URL": f"http://127.0.0.1:{self.viewer_srv.server_port}",
-            "SCR_KEYS_FILE": str(tmp / "viewer.jwks.json"),
+            "SCR_KEYS_FILE": str(tmp / "viewer.jwks.json"),  # written by the viewer, read by the sandbox
+            "SCR_AUDIT_SQLITE": str(tmp / "audit.sqlite3"),
             "SCR_SYNTHEA_DIR": str(SYNTHEA_DIR),
         }
         self.config = load_config(DEFAULT_CONFIG, env=self.env)
         self.viewer_app = create_app(self.config)
         self.rss["viewer_created"] = proc_status()
-        self.sandbox_app = create_sandbox_app(self.config)
-        self.rss["sandbox_loaded"] = proc_status()
-        self.sandbox_cpu = CpuMeter(self.sandbox_app.wsgi_app)
-        self.sandbox_app.wsgi_app = self.sandbox_cpu
-        self.sandbox_srv.app, self.viewer_srv.app = self.sandbox_app, self.viewer_app
-        for srv in (self.sandbox_srv, self.viewer_srv):
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
+        self.sandbox_log = tmp / "sandbox.log"
+        self._log = self.sandbox_log.open("w")
+        self.sandbox_proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "sandbox.serve", "--only", "sandbox"],
+            cwd=ROOT,
+            env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        # Sizing only (patients, floor): the same data the sandbox loads, loaded while it loads.
+        self.dataset = load_dataset(sandbox_settings(self.config))
+        self.rss["sizing_dataset_loaded"] = proc_status()
+        self._wait_for_sandbox()
+        self.viewer_srv.app = self.viewer_app
+        threading.Thread(target=self.viewer_srv.serve_forever, daemon=True).start()
         self.sandbox_url, self.viewer_url = self.env["SANDBOX_URL"], self.env["VIEWER_URL"]
+        self.sandbox_rss = {"ready": proc_status(self.sandbox_proc.pid)}
 
-    @property
-    def dataset(self):
-        return self.sandbox_app.extensions["sandbox_state"].dataset
+    def _wait_for_sandbox(self) -> None:
+        deadline = time.monotonic() + SANDBOX_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            line = self.sandbox_proc.stdout.readline()
+            if not line:
+                break
+            if "Press Ctrl+C" in line:
+                # keep draining its stdout so it can never block on a full pipe
+                threading.Thread(target=self.sandbox_proc.stdout.read, daemon=True).start()
+                return
+        self.stop()
+        raise RuntimeError(f"sandbox did not start; its log:\n{self.sandbox_log.read_text()[-3000:]}")
+
+    def sandbox_cpu_ms(self) -> float:
+        return proc_cpu_ms(self.sandbox_proc.pid)
+
+    def sandbox_requests(self, request_id: str) -> list[dict]:
+        """The sandbox's FHIR request log (``/inspector/api/requests``) for one X-Request-Id."""
+        with new_http() as http:
+            resp = http.get(f"{self.sandbox_url}/inspector/api/requests", timeout=30)
+            resp.raise_for_status()
+        return [r for r in resp.json() if r["request_id"] == request_id]
 
     @property
     def service(self):
@@ -237,9 +273,18 @@ class Harness:
         self.viewer_srv.shutdown()
         self.viewer_srv.server_close()
 
-    def stop(self) -> None:
-        self.sandbox_srv.shutdown()
-        self.sandbox_srv.server_close()
+    def stop(self) -> int | None:
+        """SIGTERM the sandbox (``serve`` shuts its servers down and exits 0); its exit code."""
+        proc = self.sandbox_proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._log.close()
+        return proc.returncode
 
 
 # ---- 1. launch-to-summary ----------------------------------------------------------------------------
@@ -258,8 +303,12 @@ def pick_patients(dataset) -> tuple[dict, dict[str, int]]:
     return {"median": ranked[len(ranked) // 2], "largest": synthea[-1]}, {p.nhs_number: size(p) for p in ranked}
 
 
-def fetch_plan(dataset, person) -> dict:
-    """Requests per source and the longest chain of sequential round trips, from the data itself."""
+def fetch_plan(dataset, person, known: set[str]) -> dict:
+    """Requests per source and the longest chain of sequential round trips, from the data itself.
+
+    As ``FetchJob._run_source``: a source in ``known`` (the launching EHR, whose Patient the launch already
+    read) goes straight to its searches; every other source first searches Patient by NHS number.
+    """
     page = min(PAGE_SIZE, MAX_COUNT)  # the server caps _count
     per_source = {}
     for org in ORGS:
@@ -271,11 +320,13 @@ def fetch_plan(dataset, person) -> dict:
         counts = {t: len(store.search(t, {"patient": [pid]})[0]) for t in FETCH_TYPES}
         pages = {t: max(1, math.ceil(n / page)) for t, n in counts.items()}
         longest = max(FETCH_TYPES, key=lambda t: (pages[t], counts[t]))
+        patient_reads = 0 if org in known else 1
         per_source[org] = {
-            "chain": 1 + pages[longest],
-            "requests": 1 + sum(pages.values()),
+            "chain": patient_reads + pages[longest],
+            "requests": patient_reads + sum(pages.values()),
             "resources": sum(counts.values()),
-            "longest": f"{longest} ({counts[longest]} → {pages[longest]} page(s))",
+            "longest": f"{'' if patient_reads else 'no Patient search; '}"
+            f"{longest} ({counts[longest]} → {pages[longest]} page(s))",
         }
     slowest = max(ORGS, key=lambda o: per_source[o]["chain"])
     return {
@@ -289,13 +340,14 @@ def fetch_plan(dataset, person) -> dict:
 
 
 def timed_fetch(
-    h: Harness, ctx, nhs: str, sequential: bool, job_class: type[FetchJob] = FetchJob
+    h: Harness, ctx, patient: dict, nhs: str, sequential: bool, job_class: type[FetchJob] = FetchJob
 ) -> tuple[float, float, FetchJob]:
-    """A fresh FetchJob for the launch's sources, built as RecordService.start builds it; wall and CPU ms."""
+    """A fresh FetchJob for the launch's sources, built as RecordService.start builds it (the Patient it
+    read from the launching EHR passed in for the user-token source); wall and CPU ms."""
     service = h.service
     sources = record_sources(service.config, ctx.iss)
     tokens = {s.id: service._token_source(s, ctx) for s in sources}
-    known = {s.id: ctx.patient for s in sources if s.auth == "user"}
+    known = {s.id: patient for s in sources if s.auth == "user"}
     rid = f"bench-{uuid.uuid4().hex[:12]}"
     cpu0, t0 = time.process_time(), time.perf_counter()
     job = job_class(sources, nhs, tokens, rid, known_patients=known).start(sequential=sequential)
@@ -305,10 +357,10 @@ def timed_fetch(
     return wall, cpu, job
 
 
-def timed_service(h: Harness, ctx) -> float:
+def timed_service(h: Harness, ctx, request_id: str | None = None) -> float:
     """The viewer's own path: RecordService.start (EHR Patient read, then the fan-out) until complete."""
     t0 = time.perf_counter()
-    entry = h.service.start(ctx, f"bench-{uuid.uuid4().hex[:12]}", refresh=True)
+    entry = h.service.start(ctx, request_id or f"bench-{uuid.uuid4().hex[:12]}", refresh=True)
     if entry.job is not None and not entry.job.wait(60):
         raise RuntimeError("service fetch did not finish in 60 s")
     return (time.perf_counter() - t0) * 1000
@@ -341,21 +393,52 @@ def measure_rtt(h: Harness, person, latency_ms: int, repeats: int = 25) -> float
     return statistics.median(samples)
 
 
-def cpu_breakdown(h: Harness, ctx, nhs: str, runs: int = 5) -> dict:
-    """Where the parallel fetch's CPU goes (separate, metered runs; not part of the timed rounds)."""
-    walls, process, sandbox, viewer = [], [], [], []
+def cpu_breakdown(h: Harness, ctx, patient: dict, nhs: str, runs: int = 10) -> dict:
+    """Where the parallel fetch's CPU goes (separate, metered runs; not part of the timed rounds).
+
+    The sandbox process's CPU comes from /proc in 10 ms ticks, so it is averaged over all the runs.
+    """
+    walls, process, viewer = [], [], []
+    sandbox0 = h.sandbox_cpu_ms()
     for _ in range(runs):
-        sandbox0, viewer0 = h.sandbox_cpu.total_ms, MeteredFetchJob.cpu_ms
-        wall, cpu, _ = timed_fetch(h, ctx, nhs, sequential=False, job_class=MeteredFetchJob)
+        viewer0 = MeteredFetchJob.cpu_ms
+        wall, cpu, _ = timed_fetch(h, ctx, patient, nhs, sequential=False, job_class=MeteredFetchJob)
         walls.append(wall)
         process.append(cpu)
-        sandbox.append(h.sandbox_cpu.total_ms - sandbox0)
         viewer.append(MeteredFetchJob.cpu_ms - viewer0)
     return {
+        "runs": runs,
         "wall_ms": round(statistics.median(walls), 1),
-        "process_cpu_ms": round(statistics.median(process), 1),
-        "sandbox_app_cpu_ms": round(statistics.median(sandbox), 1),
+        "viewer_process_cpu_ms": round(statistics.median(process), 1),
         "viewer_get_and_parse_cpu_ms": round(statistics.median(viewer), 1),
+        "sandbox_process_cpu_ms_mean": round((h.sandbox_cpu_ms() - sandbox0) / runs, 1),
+    }
+
+
+def request_log_check(h: Harness, ctx, patient: dict, nhs: str, plan: dict) -> dict:
+    """The sandbox's request log for one bare parallel fetch and one service-path run: requests per
+    organisation against the plan, and how often the service path read the launching EHR's Patient."""
+    _, _, job = timed_fetch(h, ctx, patient, nhs, sequential=False)
+    fetch_log = h.sandbox_requests(job.request_id)
+    service_id = f"bench-{uuid.uuid4().hex[:12]}"
+    timed_service(h, ctx, service_id)
+    service_log = h.sandbox_requests(service_id)
+
+    def per_org(rows: list[dict]) -> dict[str, int]:
+        return {org: sum(1 for r in rows if r["org_id"] == org) for org in ORGS}
+
+    def patient_reads(rows: list[dict], org: str) -> int:
+        return sum(1 for r in rows if r["org_id"] == org and "/Patient" in r["url"])
+
+    fetch_counts = per_org(fetch_log)
+    expected = {org: s["requests"] for org, s in plan["per_source"].items()}
+    if fetch_counts != expected:
+        raise RuntimeError(f"sandbox log {fetch_counts} does not match the plan {expected}")
+    return {
+        "fetch_requests_per_org": fetch_counts,
+        "service_requests_per_org": per_org(service_log),
+        "service_patient_requests_per_org": {org: patient_reads(service_log, org) for org in ORGS},
+        "service_duration_ms_by_sandbox": round(sum(r["duration_ms"] for r in service_log), 1),
     }
 
 
@@ -364,10 +447,15 @@ def bench_fetch(h: Harness, http: requests.Session, person, rounds: int, rtt_ms:
     entry = h.service._cache[ctx_id]
     entry.job.wait(60)  # the launch's own fetch: warms backend tokens, discovery and connections
     ctx = h.viewer_app.extensions["launch"].contexts.load(ctx_id)
-    plan = fetch_plan(h.dataset, person)
-    timed_fetch(h, ctx, person.nhs_number, sequential=False)  # warm-up, not recorded
-    _, _, seq_job = timed_fetch(h, ctx, person.nhs_number, sequential=True)
+    patient = entry.patient  # what RecordService.start read from the launching EHR
+    known = {s.id for s in record_sources(h.config, ctx.iss) if s.auth == "user"}
+    plan = fetch_plan(h.dataset, person, known)
+    timed_fetch(h, ctx, patient, person.nhs_number, sequential=False)  # warm-up, not recorded
+    _, _, seq_job = timed_fetch(h, ctx, patient, person.nhs_number, sequential=True)
     reference = job_outcome(seq_job)
+    sized = {org: s["resources"] for org, s in plan["per_source"].items()}
+    if {sid: o["resources"] for sid, o in reference.items()} != sized:
+        raise RuntimeError(f"the sizing copy of the data differs from the sandbox's: {reference} vs {sized}")
     parallel, parallel_cpu, sequential, sequential_cpu, service = [], [], [], [], []
     parallel_gc2 = 0
     for _ in range(rounds):  # interleaved: parallel, sequential, parallel, service path
@@ -376,7 +464,7 @@ def bench_fetch(h: Harness, http: requests.Session, person, rounds: int, rtt_ms:
                 service.append(timed_service(h, ctx))
                 continue
             mark = gcmon.mark()
-            wall, cpu, job = timed_fetch(h, ctx, person.nhs_number, sequential=kind == "sequential")
+            wall, cpu, job = timed_fetch(h, ctx, patient, person.nhs_number, sequential=kind == "sequential")
             if kind == "parallel" and gcmon.since(mark)["gen2_count"]:
                 parallel_gc2 += 1
             if job_outcome(job) != reference:
@@ -401,7 +489,8 @@ def bench_fetch(h: Harness, http: requests.Session, person, rounds: int, rtt_ms:
         "sequential_process_cpu_ms": summarise(sequential_cpu),
         "service_path_ms": summarise(service),
         "parallel_runs_with_gen2_gc": parallel_gc2,
-        "parallel_cpu_breakdown": cpu_breakdown(h, ctx, person.nhs_number),
+        "parallel_cpu_breakdown": cpu_breakdown(h, ctx, patient, person.nhs_number),
+        "sandbox_request_log": request_log_check(h, ctx, patient, person.nhs_number, plan),
         "parallel_over_floor": round(par["median"] / floor, 2),
         "parallel_p95_over_floor": round(par["p95"] / floor, 2),
         "sequential_over_parallel": round(seq["median"] / par["median"], 1),
@@ -580,14 +669,20 @@ def print_report(res: dict) -> None:
         f"{t['sequential_over_parallel']}x ('!' = missed); "
         "service path = RecordService.start incl. its EHR Patient read"
     )
+    print("sandbox: its own process (FHIR servers + authorisation server), as in production")
     for key in ("median", "largest"):
         f = res["fetch"][key]
         b = f["parallel_cpu_breakdown"]
         print(
-            f"  {key}: CPU per parallel fetch {b['process_cpu_ms']:.0f} ms (sandbox app {b['sandbox_app_cpu_ms']:.0f}, "
-            f"viewer GET+parse {b['viewer_get_and_parse_cpu_ms']:.0f}); gen-2 GC during "
-            f"{f['parallel_runs_with_gen2_gc']}/{f['parallel_ms']['n']} parallel runs; floor chain: "
+            f"  {key}: CPU per parallel fetch: viewer process {b['viewer_process_cpu_ms']:.0f} ms (GET+parse "
+            f"{b['viewer_get_and_parse_cpu_ms']:.0f}), sandbox process {b['sandbox_process_cpu_ms_mean']:.0f} ms; "
+            f"gen-2 GC during {f['parallel_runs_with_gen2_gc']}/{f['parallel_ms']['n']} parallel runs; floor chain: "
             f"{f['plan']['slowest_source']} {f['plan']['per_source'][f['plan']['slowest_source']]['longest']}"
+        )
+        log = f["sandbox_request_log"]
+        print(
+            f"    sandbox log: fetch requests {log['fetch_requests_per_org']}; service path Patient requests "
+            f"{log['service_patient_requests_per_org']}"
         )
     print()
     r = res["render"]
@@ -616,7 +711,9 @@ def print_report(res: dict) -> None:
     for stage, v in m["viewer_worker"].items():
         print(f"  viewer worker subprocess, {stage:<24} VmRSS {v['VmRSS']:>6.1f}   VmHWM {v['VmHWM']:>6.1f}")
     for stage, v in m["harness"].items():
-        print(f"  harness process (sandbox + viewer), {stage:<16} VmRSS {v['VmRSS']:>6.1f}   VmHWM {v['VmHWM']:>6.1f}")
+        print(f"  bench process (viewer + sizing data), {stage:<22} VmRSS {v['VmRSS']:>6.1f}   VmHWM {v['VmHWM']:>6.1f}")
+    for stage, v in m["sandbox_process"].items():
+        print(f"  sandbox process, {stage:<41} VmRSS {v['VmRSS']:>6.1f}   VmHWM {v['VmHWM']:>6.1f}")
     print(f"\nwrote {RESULTS.relative_to(ROOT)} in {res['elapsed_s']:.0f} s")
 
 
@@ -625,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (each: P, S, P, service)")
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--render-repeats", type=int, default=15)
-    parser.add_argument("--no-freeze", action="store_true", help="do not gc.freeze() the sandbox's heap")
+    parser.add_argument("--no-freeze", action="store_true", help="do not gc.freeze() the sizing copy of the data")
     parser.add_argument("--viewer-worker", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.viewer_worker:
@@ -637,8 +734,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="scr-bench-") as tmp:
         h = Harness(Path(tmp))
         if not args.no_freeze:
-            # The sandbox's dataset lives in this process only because of the harness; freezing it keeps
-            # its objects out of the viewer's gen-2 collections (a real worker does not hold them).
+            # The sizing copy of the data lives in this process only because of the harness; freezing it
+            # keeps its objects out of the viewer's gen-2 collections (a real worker does not hold them).
             gc.collect()
             gc.freeze()
         gcmon = GcMonitor()
@@ -652,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": machine(),
                 "latency_ms": args.latency_ms,
                 "rounds": args.rounds,
-                "gc_freeze_after_sandbox_load": not args.no_freeze,
+                "sandbox": "separate process: python -m sandbox.serve --only sandbox",
+                "gc_freeze_after_sizing_load": not args.no_freeze,
                 "frozen_objects": gc.get_freeze_count(),
                 "page_size": PAGE_SIZE,
                 "targets": TARGETS,
@@ -666,13 +764,17 @@ def main(argv: list[str] | None = None) -> int:
                 for key in ("median", "largest"):
                     res["fetch"][key] = bench_fetch(h, http, patients[key], args.rounds, rtt, gcmon)
                 h.rss["after_fetch_benchmarks"] = proc_status()
+                h.sandbox_rss["after_fetch_benchmarks"] = proc_status(h.sandbox_proc.pid)
                 ctx_id = res["fetch"]["largest"]["ctx_id"]
                 res["render"] = bench_render(h, http, ctx_id, args.render_repeats, gcmon)
                 h.rss["after_render"] = proc_status()
             res["memory"] = bench_memory(h, patients["largest"])
             res["memory"]["harness"] = h.rss
+            h.sandbox_rss["end"] = proc_status(h.sandbox_proc.pid)
+            res["memory"]["sandbox_process"] = h.sandbox_rss
         finally:
-            h.stop()
+            code = h.stop()
+    res["sandbox_exit_code"] = code
     res["elapsed_s"] = round(time.perf_counter() - started, 1)
     RESULTS.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print_report(res)
