@@ -220,7 +220,11 @@ class Harness:
             text=True,
         )
         # Sizing only (patients, floor): the same data the sandbox loads, loaded while it loads.
-        self.dataset = load_dataset(sandbox_settings(self.config))
+        try:
+            self.dataset = load_dataset(sandbox_settings(self.config))
+        except BaseException:
+            self.stop()
+            raise
         self.rss["sizing_dataset_loaded"] = proc_status()
         self._wait_for_sandbox()
         self.viewer_srv.app = self.viewer_app
@@ -709,9 +713,10 @@ def print_report(res: dict) -> None:
     m = res["memory"]
     print(f"3. Memory (MB; target: a viewer worker < {t['worker_rss_mb']:.0f} MB peak RSS)")
     for stage, v in m["viewer_worker"].items():
-        print(f"  viewer worker subprocess, {stage:<24} VmRSS {v['VmRSS']:>6.1f}   VmHWM {v['VmHWM']:>6.1f}")
+        print(f"  viewer worker subprocess, {stage:<32} VmRSS {v['VmRSS']:>6.1f}   VmHWM {v['VmHWM']:>6.1f}")
     for stage, v in m["harness"].items():
-        print(f"  bench process (viewer + sizing data), {stage:<22} VmRSS {v['VmRSS']:>6.1f}   VmHWM {v['VmHWM']:>6.1f}")
+        label = f"bench process (viewer + sizing data), {stage}"
+        print(f"  {label:<58} VmRSS {v['VmRSS']:>6.1f}   VmHWM {v['VmHWM']:>6.1f}")
     for stage, v in m["sandbox_process"].items():
         print(f"  sandbox process, {stage:<41} VmRSS {v['VmRSS']:>6.1f}   VmHWM {v['VmHWM']:>6.1f}")
     print(f"\nwrote {RESULTS.relative_to(ROOT)} in {res['elapsed_s']:.0f} s")

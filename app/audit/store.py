@@ -69,6 +69,7 @@ class StoredEvent:
     event: dict
     prev_hash: str
     hash: str
+    index: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,13 @@ def canonical(event_json: dict) -> str:
     return json.dumps(event_json, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def chain_hash(prev_hash: str, seq: int, body: str) -> str:
-    return hashlib.sha256(f"{prev_hash}|{seq}|{body}".encode()).hexdigest()
+INDEX_COLUMNS = ("patient_nhs", "user_id", "org_ods", "purpose", "action_code", "outcome")
+
+
+def chain_hash(prev_hash: str, seq: int, body: str, index: dict | None = None) -> str:
+    """Covers the event and the searchable columns beside it, so neither can be changed unnoticed."""
+    columns = "|".join(str((index or {}).get(c) or "") for c in INDEX_COLUMNS)
+    return hashlib.sha256(f"{prev_hash}|{seq}|{columns}|{body}".encode()).hexdigest()
 
 
 def database_url(url: str | None, default_path: Path) -> str:
@@ -191,7 +197,15 @@ class AuditStore:
                 body = dict(event_json)
                 body["id"] = f"audit-{seq}"
                 serialised = canonical(body)
-                digest = chain_hash(prev, seq, serialised)
+                index = {
+                    "patient_nhs": patient_nhs,
+                    "user_id": user_id,
+                    "org_ods": org_ods,
+                    "purpose": purpose,
+                    "action_code": action_code,
+                    "outcome": outcome,
+                }
+                digest = chain_hash(prev, seq, serialised, index)
                 conn.execute(
                     insert(audit_events).values(
                         seq=seq,
@@ -207,7 +221,7 @@ class AuditStore:
                         hash=digest,
                     )
                 )
-            return StoredEvent(seq, body.get("recorded", ""), body, prev, digest)
+            return StoredEvent(seq, body.get("recorded", ""), body, prev, digest, index)
         except SQLAlchemyError as exc:
             log.error("audit write failed: %s", exc.__class__.__name__)
             raise AuditUnavailable(f"audit write failed: {exc.__class__.__name__}") from exc
@@ -266,7 +280,7 @@ class AuditStore:
                 )
             if item.prev_hash != prev:
                 return VerifyResult(False, checked, item.seq, "previous-hash link broken")
-            if chain_hash(prev, item.seq, canonical(item.event)) != item.hash:
+            if chain_hash(prev, item.seq, canonical(item.event), item.index) != item.hash:
                 return VerifyResult(False, checked, item.seq, "content does not match its hash (altered)")
             prev, expected_seq, checked = item.hash, expected_seq + 1, checked + 1
         return VerifyResult(True, checked)
@@ -277,4 +291,5 @@ class AuditStore:
 
     @staticmethod
     def _row(r) -> StoredEvent:
-        return StoredEvent(r.seq, r.recorded, json.loads(r.event_json), r.prev_hash, r.hash)
+        index = {c: getattr(r, c) for c in INDEX_COLUMNS}
+        return StoredEvent(r.seq, r.recorded, json.loads(r.event_json), r.prev_hash, r.hash, index)

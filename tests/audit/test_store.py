@@ -50,7 +50,7 @@ def test_events_chain_and_verify(store):
     stored = append(store, 5)
     assert [s.seq for s in stored] == [1, 2, 3, 4, 5]
     assert stored[1].prev_hash == stored[0].hash
-    assert chain_hash(stored[0].hash, 2, canonical(stored[1].event)) == stored[1].hash
+    assert chain_hash(stored[0].hash, 2, canonical(stored[1].event), stored[1].index) == stored[1].hash
     result = store.verify()
     assert result.ok and result.checked == 5
 
@@ -95,6 +95,13 @@ def test_tampering_with_one_row_is_detected(store):
     result = store.verify()
     assert not result.ok and result.first_broken == 3 and result.checked == 2
     assert "altered" in result.reason
+
+
+def test_tampering_with_a_search_column_is_detected(store):
+    append(store, 3)
+    _without_guard(store, "UPDATE audit_events SET purpose = 'ETREAT' WHERE seq = 2")
+    result = store.verify()
+    assert not result.ok and result.first_broken == 2
 
 
 def test_a_deleted_row_is_detected(store):
