@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import uuid
@@ -29,6 +30,7 @@ def create_app(config: Config | None = None) -> Flask:
     from launch.discovery import Discovery
     from launch.flow import LaunchServices
     from launch.keys import load_keyset
+    from launch.redis_store import RedisStore
     from launch.session import ServerSessionInterface
     from launch.store import MemoryStore
     from launch.tokens import TokenManager
@@ -38,7 +40,8 @@ def create_app(config: Config | None = None) -> Flask:
 
     # Keys load (in development: are created) now, so a missing key fails at start, not mid-launch.
     keyset = load_keyset(config.viewer.keys_file, generate=config.viewer.generate_dev_keys)
-    store = MemoryStore()
+    redis_url = os.environ.get("REDIS_URL") or config.raw.get("state", {}).get("redis_url") or ""
+    store = RedisStore(redis_url) if redis_url else MemoryStore()
     discovery = Discovery()
     tokens = TokenManager(store, config, keyset)
     app.session_interface = ServerSessionInterface(store)
@@ -50,7 +53,10 @@ def create_app(config: Config | None = None) -> Flask:
         contexts=ContextStore(store),
         keyset=keyset,
     )
-    app.extensions["record"] = RecordService(config, tokens, BackendTokens(store, discovery, keyset))
+    app.extensions["record"] = RecordService(
+        config, tokens, BackendTokens(store, discovery, keyset), shared=store if redis_url else None
+    )
+    app.extensions["state_store"] = store
     _install_governance(app, config, store, tokens)
     app.register_blueprint(launch_bp)
 
@@ -158,6 +164,22 @@ def _install_error_pages(app: Flask) -> None:
                 "The record cannot be shown right now",
                 "Every look at a shared record must be recorded, and the record of access cannot be written at the "
                 "moment, so nothing is shown. Try again shortly; if it keeps happening, contact the service desk.",
+            ),
+            request_id=g.get("request_id"),
+        ), 503
+
+    from launch.store import StoreUnavailable
+
+    @app.errorhandler(StoreUnavailable)
+    def _store_down(exc: StoreUnavailable):
+        log.error("request %s: session store unavailable: %s", g.get("request_id"), exc)
+        return render_template(
+            "viewer/error.html",
+            error=_Plain(
+                503,
+                "The Shared Care Record is temporarily unavailable",
+                "The service that keeps your sign-in is not responding. Nothing has been lost: wait a moment, "
+                "then open the record again from your clinical system.",
             ),
             request_id=g.get("request_id"),
         ), 503

@@ -181,6 +181,13 @@ class FetchJob:
         self._changed = threading.Condition(self._lock)
         self.started = time.time()
 
+    @classmethod
+    def completed(cls, results: list[SourceResult], nhs_number: str, request_id: str) -> FetchJob:
+        """A finished job rebuilt from the shared record cache (fetched by another worker or host)."""
+        job = cls([r.source for r in results], nhs_number, {}, request_id)
+        job.results = {r.source.id: r for r in results}
+        return job
+
     # -- running ------------------------------------------------------------------------------------
     def start(self, sequential: bool = False) -> FetchJob:
         """Fan out on the shared pool; ``sequential`` runs every request one after another in this thread
@@ -368,6 +375,37 @@ class FetchJob:
             return provider.renew() if provider else None
         except Exception:  # noqa: BLE001
             return None
+
+
+def snapshot_of(result: SourceResult) -> dict:
+    """A finished source's result as plain JSON for the shared record cache."""
+    return {
+        "source": result.source.id,
+        "state": result.state,
+        "problems": result.problems,
+        "patient": result.patient,
+        "resources": result.resources,
+        "fetched_at": result.fetched_at,
+        "requests": result.requests,
+        "dropped": result.dropped,
+        "started": result.started,
+        "finished": result.finished,
+    }
+
+
+def restore(source: RecordSource, data: dict) -> SourceResult:
+    return SourceResult(
+        source=source,
+        state=data["state"],
+        problems=data["problems"],
+        patient=data["patient"],
+        resources=data["resources"],
+        started=data["started"],
+        finished=data["finished"],
+        requests=data["requests"],
+        dropped=data["dropped"],
+        fetched_at=data["fetched_at"],
+    )
 
 
 def _inline(fn, *args) -> None:

@@ -6,8 +6,10 @@ so every section page, progress poll and export of that launch reuses it.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,7 +19,7 @@ from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
 from launch.tokens import TokenManager
 
-from .fetch import FetchJob, SourceResult, TokenSource
+from .fetch import FetchJob, SourceResult, TokenSource, restore, snapshot_of
 from .match import Demographics, demographic_warnings, demographics, nhs_number_of
 from .merge import Item, Row, SourceRef, build_sections
 from .sources import RecordSource, record_sources
@@ -73,11 +75,14 @@ class _Entry:
     patient: dict
     nhs_number: str | None
     merged: dict[tuple, ConsolidatedRecord] = field(default_factory=dict)
+    shared: bool = False  # already in (or read from) the shared record cache
+    ctx_id: str = ""
 
 
 class RecordService:
-    def __init__(self, config: Config, tokens: TokenManager, backend: BackendTokens) -> None:
-        self.config, self.tokens, self.backend = config, tokens, backend
+    def __init__(self, config: Config, tokens: TokenManager, backend: BackendTokens, shared=None) -> None:
+        """``shared``: a store with get_bytes/set_bytes (Redis) so any worker or host can reuse a fetch."""
+        self.config, self.tokens, self.backend, self.shared = config, tokens, backend, shared
         self._cache: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
@@ -88,6 +93,12 @@ class RecordService:
             fresh = entry and (time.time() - entry.created < RECORD_TTL or (entry.job and not entry.job.all_done()))
             if entry and fresh and not refresh:
                 return entry
+        if not refresh and self.shared is not None:
+            snapshot = self._load_snapshot(ctx)
+            if snapshot is not None:
+                with self._lock:
+                    self._cache[ctx.id] = snapshot
+                return snapshot
         client = EhrFhirClient(self.tokens, ctx.id, ctx.iss, request_id)
         patient = client.get(f"Patient/{ctx.patient}")  # the launching EHR says who this is
         nhs = nhs_number_of(patient)
@@ -97,7 +108,7 @@ class RecordService:
             tokens = {s.id: self._token_source(s, ctx) for s in sources}
             known = {s.id: patient for s in sources if s.auth == "user"}  # already read: no second round trip
             job = FetchJob(sources, nhs, tokens, request_id, known_patients=known).start()
-        entry = _Entry(time.time(), job, patient, nhs)
+        entry = _Entry(time.time(), job, patient, nhs, ctx_id=ctx.id)
         with self._lock:
             self._cache[ctx.id] = entry
             for key in [k for k, e in self._cache.items() if time.time() - e.created > 4 * RECORD_TTL]:
@@ -132,6 +143,8 @@ class RecordService:
                         withheld += 1
                         continue
                     items.setdefault(rtype, []).append(Item(r, _source_ref(result.source, r)))
+        if len(key[0]) == len(results) and self.shared is not None and not entry.shared:
+            self._save_snapshot(entry)
         record = ConsolidatedRecord(
             nhs_number=entry.nhs_number,
             patient=entry.patient,
@@ -144,6 +157,32 @@ class RecordService:
         with self._lock:
             entry.merged = {k: v for k, v in entry.merged.items() if k[0] == key[0]} | {key: record}
         return record
+
+    # -- the shared record cache (Redis): one fetch per launch, whichever node serves the next page ------
+    def _save_snapshot(self, entry: _Entry) -> None:
+        data = {
+            "created": entry.created,
+            "patient": entry.patient,
+            "nhs": entry.nhs_number,
+            "request_id": entry.job.request_id,
+            "results": [snapshot_of(r) for r in entry.job.results.values()],
+        }
+        ttl = max(int(RECORD_TTL - (time.time() - entry.created)), 1)
+        self.shared.set_bytes(f"record:{entry.ctx_id}", zlib.compress(json.dumps(data).encode(), 1), ttl)
+        entry.shared = True
+
+    def _load_snapshot(self, ctx: LaunchContext) -> _Entry | None:
+        raw = self.shared.get_bytes(f"record:{ctx.id}")
+        if not raw:
+            return None
+        data = json.loads(zlib.decompress(raw))
+        sources = {s.id: s for s in record_sources(self.config, ctx.iss)}
+        job = FetchJob.completed(
+            [restore(sources[r["source"]], r) for r in data["results"] if r["source"] in sources],
+            data["nhs"],
+            data["request_id"],
+        )
+        return _Entry(data["created"], job, data["patient"], data["nhs"], shared=True, ctx_id=ctx.id)
 
     def _token_source(self, source: RecordSource, ctx: LaunchContext) -> TokenSource | None:
         if source.auth == "user":

@@ -27,7 +27,8 @@ needs_synthea = pytest.mark.skipif(not synthea_available(), reason=f"Synthea dat
 
 @pytest.fixture(scope="module")
 def dataset(running):
-    return running.state.dataset
+    """Freshly loaded: the running sandbox's data changes as tests trace patients into organisations."""
+    return load_dataset(running.state.settings)
 
 
 def test_every_served_resource_is_strict_r4(dataset):
