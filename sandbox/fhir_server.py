@@ -14,6 +14,7 @@ import time
 import uuid
 from urllib.parse import urlencode
 
+import orjson
 from flask import Blueprint, Response, current_app, g, request
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -369,7 +370,7 @@ def operation_outcome(code: str, message: str, severity: str = "error") -> dict:
 
 
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
-    resp = Response(json.dumps(body, separators=(",", ":")), status=status, mimetype=FHIR_JSON)
+    resp = Response(orjson.dumps(body), status=status, mimetype=FHIR_JSON)
     resp.headers["Content-Type"] = FHIR_JSON
     for k, v in (headers or {}).items():
         resp.headers[k] = v

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -362,8 +363,8 @@ class FetchJob:
         if resp.status_code != 200:
             raise SourceProblem(f"returned an error (HTTP {resp.status_code})")
         try:
-            body = resp.json()
-        except ValueError as exc:
+            body = orjson.loads(resp.content)  # bytes straight in: no text decode, ~2x faster than json
+        except orjson.JSONDecodeError as exc:
             raise SourceProblem("returned data that could not be read (malformed)") from exc
         if not isinstance(body, dict) or body.get("resourceType") != expect:
             raise SourceProblem(f"returned data that could not be read (not a FHIR {expect})")
