@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 SEKMET := .venv-sekmet/.installed-stamp
 export SCR_CONFIG ?= sandbox/config.toml
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install clean migrate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ run: $(STAMP)
 test: $(STAMP) $(SEKMET)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Apply database migrations (SCR_DATABASE_URL for PostgreSQL; otherwise the SQLite file in the config).
+migrate: $(STAMP)
+	$(BIN)/alembic upgrade head
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

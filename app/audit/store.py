@@ -37,6 +37,8 @@ from sqlalchemy.exc import SQLAlchemyError
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+MIGRATIONS_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
+_MIGRATION_LOCK = threading.Lock()
 ADVISORY_LOCK_KEY = 7_204_117  # any constant: the chain's lock in PostgreSQL
 
 metadata = MetaData()
@@ -147,30 +149,18 @@ class AuditStore:
         return create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
     def create_schema(self) -> None:
-        """Tables plus triggers that make the table append-only (migrations live in ``migrations/``)."""
-        try:
-            metadata.create_all(self.engine)
-            with self.engine.begin() as conn:
-                for statement in self._append_only_triggers():
-                    conn.exec_driver_sql(statement)
-        except SQLAlchemyError as exc:
-            raise AuditUnavailable(f"audit store schema could not be created: {exc.__class__.__name__}") from exc
+        """Bring the database to the latest migration (``migrations/``): one schema path for dev and prod."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
 
-    def _append_only_triggers(self) -> list[str]:
-        if self.is_sqlite:
-            return [
-                "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit_events "
-                "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
-                "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_events "
-                "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
-            ]
-        return [
-            "CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger AS $$ "
-            "BEGIN RAISE EXCEPTION 'audit_events is append-only'; END $$ LANGUAGE plpgsql",
-            "DROP TRIGGER IF EXISTS audit_no_change ON audit_events",
-            "CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit_events "
-            "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()",
-        ]
+        self.engine  # noqa: B018 - creates the SQLite folder, or fails early with AuditUnavailable
+        cfg = AlembicConfig(str(MIGRATIONS_INI))
+        cfg.attributes["url"] = self.url
+        try:
+            with _MIGRATION_LOCK:
+                command.upgrade(cfg, "head")
+        except (SQLAlchemyError, OSError) as exc:
+            raise AuditUnavailable(f"audit store schema could not be created: {exc.__class__.__name__}") from exc
 
     # -- writing -------------------------------------------------------------------------------------------
     def append(
