@@ -9,7 +9,7 @@ import secrets
 import uuid
 from pathlib import Path
 
-from flask import Flask, g, render_template, request
+from flask import Flask, g, render_template, request, session
 
 from .config import Config, load_config
 
@@ -60,10 +60,12 @@ def create_app(config: Config | None = None) -> Flask:
     _install_governance(app, config, store, tokens)
     app.register_blueprint(launch_bp)
 
+    from .observability import install_operations
     from .security import install_security_headers
     from .views import register_views
 
     register_views(app)
+    install_operations(app)
     install_security_headers(app)
     _install_template_helpers(app)
     _install_request_ids(app)
@@ -137,6 +139,10 @@ def _install_request_ids(app: Flask) -> None:
     def _request_id():
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid.uuid4())
+        if getattr(session, "unavailable", False):
+            from launch.store import StoreUnavailable
+
+            raise StoreUnavailable("the session store could not be read")
 
     @app.after_request
     def _echo(resp):

@@ -33,8 +33,9 @@ class RedisStore:
         """One connection pool per process, created after fork (pitfall H2)."""
         with self._guard:
             if self._client is None or self._pid != os.getpid():
-                self._client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2,
-                                                    health_check_interval=30)
+                self._client = redis.Redis.from_url(
+                    self.url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+                )
                 self._pid = os.getpid()
             return self._client
 

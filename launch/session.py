@@ -14,7 +14,7 @@ from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
-from .store import KeyValueStore
+from .store import KeyValueStore, StoreUnavailable
 
 COOKIE_NAME = "scr_sid"
 IDLE_TIMEOUT = 60 * 60  # an hour without a request ends the session
@@ -30,6 +30,7 @@ class ServerSession(CallbackDict, SessionMixin):
         self.new = new
         self.modified = False
         self.rotated_from: str | None = None
+        self.unavailable = False  # the store could not be read: the request is refused, nothing saved
 
     def rotate(self) -> None:
         """A fresh id after sign-in: a session id fixed before login is worthless afterwards."""
@@ -50,12 +51,19 @@ class ServerSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> ServerSession:
         sid = request.cookies.get(COOKIE_NAME)
         if sid and len(sid) <= 64:
-            data = self.store.get(f"session:{sid}")
+            try:
+                data = self.store.get(f"session:{sid}")
+            except StoreUnavailable:
+                broken = ServerSession(sid)
+                broken.unavailable = True  # raised as a clear 503 once the request is running
+                return broken
             if data is not None:
                 return ServerSession(sid, data)
         return ServerSession(new_sid(), new=True)
 
     def save_session(self, app: Flask, session: ServerSession, response: Response) -> None:
+        if session.unavailable:
+            return
         key = f"session:{session.sid}"
         if session.rotated_from:
             self.store.delete(f"session:{session.rotated_from}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -15,6 +14,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from app import create_app
 from app.config import ConfigError, load_config
+from app.observability import configure_logging
 from sandbox import create_sandbox_app
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=os.environ.get("SCR_CONFIG"))
     parser.add_argument("--only", choices=("sandbox", "viewer"), help="start just one of the two (benchmarks)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(json_logs=os.environ.get("SCR_LOG_FORMAT") == "json")
     try:
         config = load_config(args.config)
         viewer = create_app(config) if args.only != "sandbox" else None

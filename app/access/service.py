@@ -9,6 +9,7 @@ from dataclasses import asdict
 from app.audit.alerts import Alert, AlertBox
 from app.audit.events import now
 from app.audit.trail import AuditTrail
+from app.observability import DECISIONS
 from app.record.service import ConsolidatedRecord
 from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
@@ -92,6 +93,7 @@ class AccessService:
                 self._alert_once(
                     ctx, "self-access", PRIVACY_OFFICER, record, "tried to open their own record (refused)."
                 )
+        DECISIONS.labels(decision.outcome).inc()
         self._audit_decision(ctx, record, decision, request_id)
         if decision.alert in ("family", "colleague") and decision.outcome != "permit":
             who = "a relative" if decision.alert == "family" else "a colleague"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
+from app.observability import AUDIT_LATENCY, AUDIT_WRITES
 from launch.context import LaunchContext
 
 from .events import audit_event
-from .store import AuditStore, StoredEvent
+from .store import AuditStore, AuditUnavailable, StoredEvent
 
 
 class AuditTrail:
@@ -45,12 +48,20 @@ class AuditTrail:
             details={"launch-context": ctx.id if ctx else None, "iss": ctx.iss if ctx else None, **(details or {})},
         )
         org = (user.get("organisation") or {}).get("ods")
-        return self.store.append(
-            event,
-            patient_nhs=patient_nhs,
-            user_id=user.get("sds_user_id") or user.get("sub"),
-            org_ods=org,
-            purpose=purpose,
-            action_code=kind,
-            outcome=event["outcome"],
-        )
+        started = time.perf_counter()
+        try:
+            stored = self.store.append(
+                event,
+                patient_nhs=patient_nhs,
+                user_id=user.get("sds_user_id") or user.get("sub"),
+                org_ods=org,
+                purpose=purpose,
+                action_code=kind,
+                outcome=event["outcome"],
+            )
+        except AuditUnavailable:
+            AUDIT_WRITES.labels(kind, "failed").inc()
+            raise
+        AUDIT_LATENCY.observe(time.perf_counter() - started)
+        AUDIT_WRITES.labels(kind, "written").inc()
+        return stored

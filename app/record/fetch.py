@@ -21,6 +21,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
+from app.observability import SOURCE_LATENCY, SOURCE_OUTCOMES
 from app.record.nhs_number import NHS_NUMBER_SYSTEM
 
 from .sources import RecordSource
@@ -270,6 +271,7 @@ class FetchJob:
                 result.state = PARTIAL if result.problems else LOADED
                 result.finished = time.time()
                 result.fetched_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.finished))
+                _observe(result)
                 self._changed.notify_all()
 
     def _finish(self, result: SourceResult, state: str, problem: str | None = None) -> None:
@@ -279,6 +281,7 @@ class FetchJob:
             result.state = state
             result.finished = time.time()
             result.fetched_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.finished))
+            _observe(result)
             self._changed.notify_all()
 
     # -- HTTP -------------------------------------------------------------------------------------------
@@ -357,7 +360,7 @@ class FetchJob:
             raise SourceProblem("did not respond in time") from exc
         except requests.RequestException as exc:
             raise SourceProblem("could not be reached") from exc
-        log.info("request %s: GET %s -> %s", self.request_id, resp.url, resp.status_code)
+        log.info("GET %s -> %s", resp.url, resp.status_code, extra={"request_id": self.request_id})
         if resp.status_code in (401, 403):
             raise SourceProblem("refused access to this patient's record")
         if resp.status_code != 200:
@@ -376,6 +379,11 @@ class FetchJob:
             return provider.renew() if provider else None
         except Exception:  # noqa: BLE001
             return None
+
+
+def _observe(result: SourceResult) -> None:
+    SOURCE_LATENCY.labels(result.source.id).observe((result.finished or time.time()) - result.started)
+    SOURCE_OUTCOMES.labels(result.source.id, result.state).inc()
 
 
 def snapshot_of(result: SourceResult) -> dict:

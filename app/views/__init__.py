@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, render_template
+from flask import Flask, render_template
 
 from . import access, privacy, record
 
@@ -13,10 +13,6 @@ def register_views(app: Flask) -> None:
     @app.get("/")
     def start():
         return render_template("viewer/start.html", ehrs=[e for e in config.ehrs if e.standalone])
-
-    @app.get("/healthz")
-    def healthz():
-        return jsonify(status="ok")
 
     app.register_blueprint(record.bp)
     app.register_blueprint(access.bp)

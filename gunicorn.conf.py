@@ -1,0 +1,51 @@
+"""gunicorn settings for the viewer (used by the Procfile): many threads per worker for the fan-out.
+
+Each request that gathers a record waits on up to four organisations at once, mostly idle on the network,
+so gthread workers with several threads keep the cores busy; pools, sessions and database engines are
+created lazily in each worker after fork (never preloaded with open connections: pitfall H2).
+"""
+
+import gc
+import multiprocessing
+import os
+import shutil
+import tempfile
+
+bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+timeout = 60  # a record takes at most the slowest source's deadline (5 s) plus rendering; 60 s is a hang
+graceful_timeout = 30  # SIGTERM: finish in-flight requests, then exit
+keepalive = 5
+max_requests = 5000  # recycle workers now and then: bounds any slow growth of the per-worker caches
+max_requests_jitter = 500
+preload_app = False
+accesslog = None  # the app logs structured JSON lines with the request id instead
+errorlog = "-"
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+os.environ.setdefault("SCR_LOG_FORMAT", "json")
+
+# Prometheus metrics across workers: a fresh shared directory per server start.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="scr-metrics-")
+
+
+def on_starting(server):
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+def post_fork(server, worker):
+    from app.observability import configure_logging
+
+    configure_logging(json_logs=os.environ.get("SCR_LOG_FORMAT") == "json")
+    # Parsing FHIR bundles allocates many small objects: collect young generations less often.
+    gc.set_threshold(50_000, 20, 20)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,325 @@
+"""Production mode for real: two gunicorn viewer instances sharing Redis and PostgreSQL, a sandbox of
+their own, and a Redis that goes away and comes back. Required in CI (CI=true); skipped elsewhere when
+PostgreSQL or Redis is not running."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from sqlalchemy import create_engine, text
+
+from tests.audit.conftest import PG_ADMIN_URL
+from tests.conftest import IN_CI, ROOT, SYNTHEA_DIR, LoopbackCookieJar
+
+REDIS_URL = os.environ.get("SCR_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+MARGARET = "9991000372"
+
+
+def _services_or_skip() -> None:
+    problems = []
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        problems.append(f"Redis at {REDIS_URL}: {exc}")
+    try:
+        with create_engine(PG_ADMIN_URL).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"PostgreSQL at {PG_ADMIN_URL}: {exc.__class__.__name__}")
+    if problems:
+        if IN_CI:
+            pytest.fail("CI=true but production services are missing: " + "; ".join(problems))
+        pytest.skip("production services not running here: " + "; ".join(problems))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never answered")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def pg_url():
+    _services_or_skip()
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"scr_prod_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def deployment(tmp_path, pg_url):
+    """A sandbox process and two gunicorn viewer instances (A is the public URL, as behind a load balancer)."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    ports = {"sandbox": free_port(), "a": free_port(), "b": free_port()}
+    env = {
+        **os.environ,
+        "SCR_CONFIG": str(ROOT / "sandbox" / "config.toml"),
+        "SANDBOX_URL": f"http://127.0.0.1:{ports['sandbox']}",
+        "VIEWER_URL": f"http://127.0.0.1:{ports['a']}",
+        "SCR_KEYS_FILE": str(tmp_path / "keys.json"),
+        "SCR_AUDIT_SQLITE": str(tmp_path / "unused.sqlite3"),
+        "SCR_SYNTHEA_DIR": str(SYNTHEA_DIR),
+        "SCR_DATABASE_URL": pg_url,
+        "REDIS_URL": REDIS_URL,
+        "SCR_SECRET_KEY": "shared-secret-for-both-instances",
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_THREADS": "8",
+    }
+    procs = []
+    logs = []
+    try:
+        sandbox = subprocess.Popen(
+            [sys.executable, "-m", "sandbox.serve", "--only", "sandbox"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(sandbox)
+        wait_for(f"{env['SANDBOX_URL']}/fhir/gp/metadata", sandbox)
+        for name in ("a", "b"):
+            log = open(tmp_path / f"viewer-{name}.log", "w")  # noqa: SIM115 - closed below
+            logs.append(log)
+            proc = subprocess.Popen(
+                [
+                    str(GUNICORN),
+                    "--config",
+                    "gunicorn.conf.py",
+                    "--bind",
+                    f"127.0.0.1:{ports[name]}",
+                    "app:create_app()",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            procs.append(proc)
+            wait_for(f"http://127.0.0.1:{ports[name]}/healthz", proc)
+        yield {"env": env, "ports": ports, "procs": procs, "log_dir": tmp_path}
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        for log in logs:
+            log.close()
+
+
+def browser() -> requests.Session:
+    s = requests.Session()
+    s.cookies = LoopbackCookieJar()
+    return s
+
+
+def on(url: str, port: int) -> str:
+    return re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", url, count=1)
+
+
+def launch_across(deployment, user="dr-patel", nhs=MARGARET) -> tuple[requests.Session, str]:
+    """Start on instance A; the load balancer sends the callback and every page after it to instance B."""
+    env, ports = deployment["env"], deployment["ports"]
+    http = browser()
+    to_viewer = http.get(
+        f"{env['SANDBOX_URL']}/ehr/launch", params={"user": user, "patient": nhs}, allow_redirects=False
+    )
+    to_authorize = http.get(to_viewer.headers["Location"], allow_redirects=False)  # /launch on A
+    assert to_authorize.headers["Location"].startswith(env["SANDBOX_URL"])
+    to_callback = http.get(to_authorize.headers["Location"], allow_redirects=False)
+    callback = to_callback.headers["Location"]
+    assert callback.startswith(env["VIEWER_URL"] + "/callback")
+    landed = http.get(on(callback, ports["b"]))  # callback and record pages on B
+    assert landed.status_code == 200, landed.text[-2000:]
+    assert landed.url.startswith(f"http://127.0.0.1:{ports['b']}/r/")
+    return http, re.search(r"/r/([^/]+)/", landed.url).group(1)
+
+
+def test_two_instances_share_sessions_tokens_records_and_audit(deployment, pg_url):
+    ports = deployment["ports"]
+    http, ctx = launch_across(deployment)
+    page_b = http.get(f"http://127.0.0.1:{ports['b']}/r/{ctx}/")
+    assert "Allergy to penicillin" in page_b.text
+    page_a = http.get(f"http://127.0.0.1:{ports['a']}/r/{ctx}/medications")  # the other node, same launch
+    assert page_a.status_code == 200 and "Apixaban" in page_a.text
+
+    # A refresh on one instance is seen by the other.
+    r = redis.Redis.from_url(REDIS_URL)
+    key = f"scr:tok:{ctx}"
+    import json
+
+    tokens = json.loads(r.get(key))
+    before = tokens["access_token"]
+    tokens["expires_at"] = time.time() + 5
+    r.set(key, json.dumps(tokens), ex=3600)
+    assert http.get(f"http://127.0.0.1:{ports['a']}/r/{ctx}/", params={"refresh": "1"}).status_code == 200
+    after = json.loads(r.get(key))["access_token"]
+    assert after != before
+    assert http.get(f"http://127.0.0.1:{ports['b']}/r/{ctx}/", params={"refresh": "1"}).status_code == 200
+    assert json.loads(r.get(key))["access_token"] == after, "B refreshed again instead of using A's token"
+
+    # The audit trail is in PostgreSQL, one chain for both instances.
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        kinds = [row[0] for row in conn.execute(text("SELECT action_code FROM audit_events ORDER BY seq"))]
+    engine.dispose()
+    assert {"launch", "access-decision", "view"} <= set(kinds)
+    from app.audit.store import AuditStore
+
+    verified = AuditStore(pg_url).verify()
+    assert verified.ok and verified.checked == len(kinds)
+
+    # Both instances are ready, with Redis and the audit store reachable.
+    for name in ("a", "b"):
+        ready = requests.get(f"http://127.0.0.1:{ports[name]}/readyz", timeout=5).json()
+        assert ready["checks"] == {"config": True, "audit_store": True, "redis": True}
+    lines = (deployment["log_dir"] / "viewer-b.log").read_text().splitlines()
+    fetch_logs = [line for line in lines if '"logger": "app.record.fetch"' in line]
+    assert fetch_logs and all('"request_id"' in line for line in fetch_logs), "structured logs with request id"
+
+
+@contextmanager
+def private_redis(port: int):
+    server = shutil.which("redis-server")
+    if not server:
+        if IN_CI:
+            pytest.fail("CI=true but redis-server is not installed")
+        pytest.skip("redis-server not installed")
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def test_redis_down_is_a_clear_error_and_recovers(tmp_path, pg_url):
+    _services_or_skip()
+    port, sandbox_port, viewer_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "SCR_CONFIG": str(ROOT / "sandbox" / "config.toml"),
+        "SANDBOX_URL": f"http://127.0.0.1:{sandbox_port}",
+        "VIEWER_URL": f"http://127.0.0.1:{viewer_port}",
+        "SCR_KEYS_FILE": str(tmp_path / "keys.json"),
+        "SCR_SYNTHEA_DIR": str(SYNTHEA_DIR),
+        "SCR_DATABASE_URL": pg_url,
+        "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "SCR_SECRET_KEY": "x",
+        "WEB_CONCURRENCY": "1",
+    }
+    procs = []
+    try:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "sandbox.serve", "--only", "sandbox"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_for(f"{env['SANDBOX_URL']}/fhir/gp/metadata", procs[0])
+        with private_redis(port) as redis_proc:
+            viewer = subprocess.Popen(
+                [
+                    str(GUNICORN),
+                    "--config",
+                    "gunicorn.conf.py",
+                    "--bind",
+                    f"127.0.0.1:{viewer_port}",
+                    "app:create_app()",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(viewer)
+            wait_for(f"{env['VIEWER_URL']}/healthz", viewer)
+            http = browser()
+            first = http.get(f"{env['SANDBOX_URL']}/ehr/launch", params={"user": "dr-patel", "patient": MARGARET})
+            assert first.status_code == 200 and "Allergy to penicillin" in first.text
+            engine = create_engine(pg_url)
+            with engine.connect() as conn:
+                events_before = conn.execute(text("SELECT COUNT(*) FROM audit_events")).scalar_one()
+            stop(redis_proc)
+
+            down = http.get(first.url)
+            assert down.status_code == 503
+            assert "temporarily unavailable" in down.text and "Nothing has been lost" in down.text
+            assert "Traceback" not in down.text
+            ready = requests.get(f"{env['VIEWER_URL']}/readyz", timeout=10)
+            assert ready.status_code == 503 and ready.json()["checks"]["redis"] is False
+
+        with private_redis(port):  # back (empty: sessions were in memory only), so the user launches again
+            again = browser().get(f"{env['SANDBOX_URL']}/ehr/launch", params={"user": "dr-patel", "patient": MARGARET})
+            assert again.status_code == 200 and "Allergy to penicillin" in again.text
+            assert requests.get(f"{env['VIEWER_URL']}/readyz", timeout=10).status_code == 200
+        with engine.connect() as conn:
+            events_after = conn.execute(text("SELECT COUNT(*) FROM audit_events")).scalar_one()
+        engine.dispose()
+        assert events_after > events_before  # nothing written before the outage was lost
+        from app.audit.store import AuditStore
+
+        assert AuditStore(pg_url).verify().ok
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def test_gunicorn_config_is_used_by_the_procfile():
+    assert "gunicorn.conf.py" in (ROOT / "Procfile").read_text()
+    config = (ROOT / "gunicorn.conf.py").read_text()
+    assert 'worker_class = "gthread"' in config and "preload_app = False" in config
+    assert Path(GUNICORN).exists()
