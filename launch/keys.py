@@ -61,3 +61,24 @@ def _create(path: Path, keyset: KeySet) -> None:
         pass
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m launch.keys <path>``: write a new private key set (0600) for a deployment."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m launch.keys /secure/path/viewer.jwks.json", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    if path.exists():
+        print(f"{path} exists: refusing to overwrite a key set EHRs may have registered", file=sys.stderr)
+        return 1
+    _create(path, generate_keyset())
+    print(json.dumps(public_jwks(load_keyset(path)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
