@@ -521,62 +521,50 @@ def numeric_points(r: dict) -> dict[str, tuple[float, str]]:
     return out
 
 
-def reports(items: list[Item]) -> list[Row]:
-    rows = []
-    for members in group(items, lambda i: keyed(code_key(i.resource.get("code")), day(observation_time(i.resource)))):
-        r = members[0].resource
-        rows.append(
-            _row(
-                "reports",
-                members,
-                concept_text(r.get("code")) or "Report",
-                code_key(r.get("code")),
-                observation_time(r),
-                status=r.get("status"),
-                detail={"conclusion": r.get("conclusion"), "results": len(r.get("result") or [])},
-            )
-        )
-    return newest_first(rows)
-
-
-def immunisations(items: list[Item]) -> list[Row]:
-    rows = []
-    for members in group(
-        items, lambda i: keyed(code_key(i.resource.get("vaccineCode")), day(i.resource.get("occurrenceDateTime")))
-    ):
-        r = members[0].resource
-        rows.append(
-            _row(
-                "immunisations",
-                members,
-                concept_text(r.get("vaccineCode")) or "Vaccine",
-                code_key(r.get("vaccineCode")),
-                r.get("occurrenceDateTime"),
-                status=r.get("status"),
-            )
-        )
-    return newest_first(rows)
-
-
 def _performed(r: dict) -> str | None:
     return r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")
 
 
-def procedures(items: list[Item]) -> list[Row]:
-    rows = []
-    for members in group(items, lambda i: keyed(code_key(i.resource.get("code")), day(_performed(i.resource)))):
-        r = members[0].resource
-        rows.append(
-            _row(
-                "procedures",
-                members,
-                concept_text(r.get("code")) or "Procedure",
-                code_key(r.get("code")),
-                _performed(r),
-                status=r.get("status"),
+def coded_on_a_day(
+    section: str,
+    code_of: Callable[[dict], dict | None],
+    when: Callable[[dict], str | None],
+    fallback: str,
+    detail: Callable[[dict], dict] | None = None,
+):
+    """Sections whose fact is "this code, on this day": reports, immunisations, procedures."""
+
+    def build(items: list[Item]) -> list[Row]:
+        rows = []
+        for members in group(items, lambda i: keyed(code_key(code_of(i.resource)), day(when(i.resource)))):
+            r = members[0].resource
+            rows.append(
+                _row(
+                    section,
+                    members,
+                    concept_text(code_of(r)) or fallback,
+                    code_key(code_of(r)),
+                    when(r),
+                    status=r.get("status"),
+                    detail=detail(r) if detail else {},
+                )
             )
-        )
-    return newest_first(rows)
+        return newest_first(rows)
+
+    return build
+
+
+reports = coded_on_a_day(
+    "reports",
+    lambda r: r.get("code"),
+    observation_time,
+    "Report",
+    lambda r: {"conclusion": r.get("conclusion"), "results": len(r.get("result") or [])},
+)
+immunisations = coded_on_a_day(
+    "immunisations", lambda r: r.get("vaccineCode"), lambda r: r.get("occurrenceDateTime"), "Vaccine"
+)
+procedures = coded_on_a_day("procedures", lambda r: r.get("code"), _performed, "Procedure")
 
 
 def documents(items: list[Item]) -> list[Row]:
