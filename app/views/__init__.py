@@ -10,6 +10,10 @@ from . import access, privacy, record
 def register_views(app: Flask) -> None:
     config = app.config["SCR"]
 
+    @app.get("/help")
+    def help_page():
+        return render_template("viewer/help.html")
+
     @app.get("/")
     def start():
         return render_template("viewer/start.html", ehrs=[e for e in config.ehrs if e.standalone])

@@ -52,3 +52,12 @@ def test_json_log_lines_carry_the_request_id():
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "GET http://x/Patient -> 200" and line["request_id"] == "req-123"
     assert line["level"] == "INFO" and line["ts"].endswith("Z")
+
+
+def test_help_page_explains_the_record_and_gives_support(http, sandbox):
+    page = http.get(f"{sandbox.viewer_url}/help").text
+    for heading in ("Where each item comes from", "Conflicts", "Completeness banners", "Who may see what",
+                    "What is recorded"):
+        assert heading in page
+    assert "scr.servicedesk@example.nhs.uk" in page and "0113 496 0000" in page
+    assert 'href="/help"' in http.get(f"{sandbox.viewer_url}/").text
