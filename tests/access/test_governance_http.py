@@ -197,6 +197,14 @@ def test_self_access_is_refused_and_alerted(http, sandbox, gov):
     assert any(a.kind == "self-access" for a in gov.extensions["alerts"].list(patient_nhs=HUW))
 
 
+def test_administrative_roles_see_care_team_not_clinical_content(http, sandbox, gov):
+    page = launch(http, sandbox, "reception-hughes", MARGARET)
+    assert page.url.endswith("/care") and "Horsforth District Nursing Team" in page.text
+    assert "diabetes" not in page.text.lower() and "Download as FHIR Bundle" not in page.text
+    assert http.get(http.last_url + "export.json").status_code == 403
+    assert http.get(http.last_url + "medications").status_code == 403
+
+
 def test_summary_only_role_cannot_open_detailed_sections(http, sandbox, gov):
     launch(http, sandbox, "sw-campbell", JACK)
     assert http.get(http.last_url + "results").status_code == 403
