@@ -56,8 +56,13 @@ def test_json_log_lines_carry_the_request_id():
 
 def test_help_page_explains_the_record_and_gives_support(http, sandbox):
     page = http.get(f"{sandbox.viewer_url}/help").text
-    for heading in ("Where each item comes from", "Conflicts", "Completeness banners", "Who may see what",
-                    "What is recorded"):
+    for heading in (
+        "Where each item comes from",
+        "Conflicts",
+        "Completeness banners",
+        "Who may see what",
+        "What is recorded",
+    ):
         assert heading in page
     assert "scr.servicedesk@example.nhs.uk" in page and "0113 496 0000" in page
     assert 'href="/help"' in http.get(f"{sandbox.viewer_url}/").text
