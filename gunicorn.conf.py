@@ -14,7 +14,7 @@ import tempfile
 bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))  # request threads mostly wait on FHIR servers
 timeout = 60  # a record takes at most the slowest source's deadline (5 s) plus rendering; 60 s is a hang
 graceful_timeout = 30  # SIGTERM: finish in-flight requests, then exit
 keepalive = 5
@@ -27,7 +27,8 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 os.environ.setdefault("SCR_LOG_FORMAT", "json")
 
 # Prometheus metrics across workers: a fresh shared directory per server start.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+_OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="scr-metrics-")
 
 
@@ -43,6 +44,11 @@ def post_fork(server, worker):
     configure_logging(json_logs=os.environ.get("SCR_LOG_FORMAT") == "json")
     # Parsing FHIR bundles allocates many small objects: collect young generations less often.
     gc.set_threshold(50_000, 20, 20)
+
+
+def on_exit(server):
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def child_exit(server, worker):

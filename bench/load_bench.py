@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import redis
 import requests
@@ -323,16 +324,32 @@ class Deployment:
 # ---- one launch, as a browser with htmx would do it ------------------------------------------------------
 
 
+def _hop(dep: Deployment, url: str) -> str:
+    """A short name for one hop of the launch: which server, which endpoint."""
+    parts = urlsplit(url)
+    server = "viewer" if url.startswith(dep.viewer_url) else "sandbox"
+    path = "/r/<ctx>/" if parts.path.startswith("/r/") else parts.path
+    return f"{server} {path}"
+
+
 def launch(dep: Deployment, nhs: str, poll_s: float) -> dict:
-    """EHR launch -> SMART -> ``/r/<ctx>/``; if that is the loading page, poll ``/progress`` every
-    ``poll_s`` (htmx: ``every 1s``) until ``HX-Refresh: true``, then GET the page. Times the whole thing."""
+    """EHR launch -> SMART -> ``/r/<ctx>/``, redirects followed one by one (each hop timed); if that is the
+    loading page, poll ``/progress`` every ``poll_s`` (htmx: ``every 1s``) until ``HX-Refresh: true``, then GET
+    the page. The whole thing is the launch-to-summary time."""
     http = new_http()
-    polls, loading, error = 0, False, None
+    polls, loading, error, hops, first_ms = 0, False, None, {}, None
     t0 = time.perf_counter()
     try:
-        resp = http.get(f"{dep.sandbox_url}/ehr/launch", params={"user": USER, "patient": nhs}, timeout=60)
+        url = f"{dep.sandbox_url}/ehr/launch?{urlencode({'user': USER, 'patient': nhs})}"
+        for _ in range(10):
+            h0 = time.perf_counter()
+            resp = http.get(url, allow_redirects=False, timeout=60)
+            hops[_hop(dep, url)] = (time.perf_counter() - h0) * 1000
+            if resp.status_code not in (301, 302, 303, 307, 308):
+                break
+            url = urljoin(url, resp.headers["Location"])
         first_ms = (time.perf_counter() - t0) * 1000
-        found = re.search(r"/r/([^/]+)/$", resp.url)
+        found = re.search(r"/r/([^/]+)/$", url)
         if resp.status_code == 200 and found and MARKER not in resp.text and 'id="sources"' in resp.text:
             loading = True
             page = f"{dep.viewer_url}/r/{found.group(1)}/"
@@ -345,12 +362,20 @@ def launch(dep: Deployment, nhs: str, poll_s: float) -> dict:
             resp = http.get(page, timeout=60)
         wall = (time.perf_counter() - t0) * 1000
         if resp.status_code != 200 or MARKER not in resp.text:
-            error = f"{resp.status_code} at {resp.url.split('?')[0][-60:]}"
+            error = f"{resp.status_code} at {_hop(dep, resp.url)}"
     except requests.RequestException as exc:
-        wall, first_ms, error = (time.perf_counter() - t0) * 1000, None, exc.__class__.__name__
+        wall, error = (time.perf_counter() - t0) * 1000, exc.__class__.__name__
     finally:
         http.close()
-    return {"nhs": nhs, "ms": wall, "first_screen_ms": first_ms, "loading": loading, "polls": polls, "error": error}
+    return {
+        "nhs": nhs,
+        "ms": wall,
+        "first_screen_ms": first_ms,
+        "hops_ms": hops,
+        "loading": loading,
+        "polls": polls,
+        "error": error,
+    }
 
 
 def run_level(dep: Deployment, label: str, patients: list[str], concurrency: int, n: int, poll_s: float) -> dict:
@@ -401,6 +426,10 @@ def run_level(dep: Deployment, label: str, patients: list[str], concurrency: int
         "launches_per_s": round(len(ok) / wall_s, 2),
         "launch_to_summary_ms": summarise(times) if times else None,
         "first_screen_ms": summarise([r["first_screen_ms"] for r in ok if r["first_screen_ms"] is not None]),
+        "hops_median_ms": {
+            hop: round(statistics.median(r["hops_ms"][hop] for r in ok if hop in r["hops_ms"]), 1)
+            for hop in dict.fromkeys(h for r in ok for h in r["hops_ms"])
+        },
         "via_loading_page": sum(r["loading"] for r in ok),
         "progress_polls": sum(r["polls"] for r in ok),
         "cpu_ms_per_launch": {
@@ -416,9 +445,17 @@ def run_level(dep: Deployment, label: str, patients: list[str], concurrency: int
         "audit_writes_in_app": int(audit_n),
         "audit_in_app_mean_ms": round(1000 * mdelta.get("audit_seconds_sum", 0) / audit_n, 2) if audit_n else None,
         "audit_in_app_p95_bucket_le_ms": audit_p95_bucket * 1000 if audit_p95_bucket is not None else None,
-        "samples": [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in results],
+        "samples": [_rounded(r) for r in results],
     }
     return out
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 1)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
 
 
 def cpu_allowance(level: dict, cores: int) -> dict:
@@ -574,6 +611,16 @@ def print_report(res: dict) -> None:
             f"{u['machine_busy'] / 2:>9.0%}"
             f"{'  errors: ' + str(len(lv['errors'])) if lv['errors'] else ''}"
         )
+    print("  median ms per hop; audit writes inside the viewer (mean, p95 histogram bucket); throughput/CPU-allowed:")
+    for lv in res["levels"]:
+        a = lv["cpu_allowance"]
+        print(
+            f"    {lv['label']:<6} "
+            + "  ".join(f"{k} {v:.0f}" for k, v in lv["hops_median_ms"].items())
+            + f" | audit {lv['audit_writes_in_app']} x {lv['audit_in_app_mean_ms']} ms, p95 <= "
+            f"{lv['audit_in_app_p95_bucket_le_ms']} ms | {a['throughput_over_cpu_allowed']:.0%} of "
+            f"{a['cpu_allowed_launches_per_s']:.1f}/s on {a['cores_available_to_viewer']:.2f} cores"
+        )
     print()
     print("2. Viewer CPU per launch by patient (ms)")
     for key, target in (("median", t["viewer_cpu_ms_median_patient"]), ("largest", t["viewer_cpu_ms_largest_patient"])):
@@ -681,8 +728,9 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                     for key in ("median", "largest")
                 }
-                eight = next(lv for lv in res["levels"] if lv["concurrency"] == 8)
-                res["throughput_vs_cpu"] = cpu_allowance(eight, os.cpu_count())
+                for lv in res["levels"]:
+                    lv["cpu_allowance"] = cpu_allowance(lv, os.cpu_count())
+                res["throughput_vs_cpu"] = next(lv for lv in res["levels"] if lv["concurrency"] == 8)["cpu_allowance"]
                 res["viewer_audit_chain"] = {"ok": None}
             finally:
                 codes = dep.stop()

@@ -72,6 +72,7 @@ class StoredEvent:
     prev_hash: str
     hash: str
     index: dict | None = None
+    raw: str = ""  # exactly what was hashed and stored
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,20 @@ class AuditStore:
         action_code: str,
         outcome: str,
     ) -> StoredEvent:
-        """Append one event to the chain; raises AuditUnavailable if it cannot be made durable."""
+        """Append one event to the chain; raises AuditUnavailable if it cannot be made durable.
+
+        Everything that does not depend on the chain head (serialising the event) happens before the lock,
+        so the serialised section is one read, one SHA-256 and one insert.
+        """
+        serialised = canonical(event_json)
+        index = {
+            "patient_nhs": patient_nhs,
+            "user_id": user_id,
+            "org_ods": org_ods,
+            "purpose": purpose,
+            "action_code": action_code,
+            "outcome": outcome,
+        }
         try:
             with self.engine.begin() as conn:
                 if not self.is_sqlite:
@@ -184,22 +198,11 @@ class AuditStore:
                 ).first()
                 seq = (head.seq + 1) if head else 1
                 prev = head.hash if head else GENESIS
-                body = dict(event_json)
-                body["id"] = f"audit-{seq}"
-                serialised = canonical(body)
-                index = {
-                    "patient_nhs": patient_nhs,
-                    "user_id": user_id,
-                    "org_ods": org_ods,
-                    "purpose": purpose,
-                    "action_code": action_code,
-                    "outcome": outcome,
-                }
                 digest = chain_hash(prev, seq, serialised, index)
                 conn.execute(
                     insert(audit_events).values(
                         seq=seq,
-                        recorded=body.get("recorded", ""),
+                        recorded=event_json.get("recorded", ""),
                         patient_nhs=patient_nhs,
                         user_id=user_id,
                         org_ods=org_ods,
@@ -211,7 +214,15 @@ class AuditStore:
                         hash=digest,
                     )
                 )
-            return StoredEvent(seq, body.get("recorded", ""), body, prev, digest, index)
+            return StoredEvent(
+                seq,
+                event_json.get("recorded", ""),
+                {**event_json, "id": f"audit-{seq}"},
+                prev,
+                digest,
+                index,
+                serialised,
+            )
         except SQLAlchemyError as exc:
             log.error("audit write failed: %s", exc.__class__.__name__)
             raise AuditUnavailable(f"audit write failed: {exc.__class__.__name__}") from exc
@@ -270,7 +281,7 @@ class AuditStore:
                 )
             if item.prev_hash != prev:
                 return VerifyResult(False, checked, item.seq, "previous-hash link broken")
-            if chain_hash(prev, item.seq, canonical(item.event), item.index) != item.hash:
+            if chain_hash(prev, item.seq, item.raw, item.index) != item.hash:
                 return VerifyResult(False, checked, item.seq, "content does not match its hash (altered)")
             prev, expected_seq, checked = item.hash, expected_seq + 1, checked + 1
         return VerifyResult(True, checked)
@@ -282,4 +293,5 @@ class AuditStore:
     @staticmethod
     def _row(r) -> StoredEvent:
         index = {c: getattr(r, c) for c in INDEX_COLUMNS}
-        return StoredEvent(r.seq, r.recorded, json.loads(r.event_json), r.prev_hash, r.hash, index)
+        event = {**json.loads(r.event_json), "id": f"audit-{r.seq}"}  # the id is the sequence, not hashed
+        return StoredEvent(r.seq, r.recorded, event, r.prev_hash, r.hash, index, r.event_json)

@@ -6,12 +6,13 @@ so every section page, progress poll and export of that launch reuses it.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import orjson
 
 from app.config import Config
 from launch.backend import BackendTokens
@@ -168,14 +169,14 @@ class RecordService:
             "results": [snapshot_of(r) for r in entry.job.results.values()],
         }
         ttl = max(int(RECORD_TTL - (time.time() - entry.created)), 1)
-        self.shared.set_bytes(f"record:{entry.ctx_id}", zlib.compress(json.dumps(data).encode(), 1), ttl)
+        self.shared.set_bytes(f"record:{entry.ctx_id}", zlib.compress(orjson.dumps(data), 1), ttl)
         entry.shared = True
 
     def _load_snapshot(self, ctx: LaunchContext) -> _Entry | None:
         raw = self.shared.get_bytes(f"record:{ctx.id}")
         if not raw:
             return None
-        data = json.loads(zlib.decompress(raw))
+        data = orjson.loads(zlib.decompress(raw))
         sources = {s.id: s for s in record_sources(self.config, ctx.iss)}
         job = FetchJob.completed(
             [restore(sources[r["source"]], r) for r in data["results"] if r["source"] in sources],

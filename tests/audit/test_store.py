@@ -50,7 +50,8 @@ def test_events_chain_and_verify(store):
     stored = append(store, 5)
     assert [s.seq for s in stored] == [1, 2, 3, 4, 5]
     assert stored[1].prev_hash == stored[0].hash
-    assert chain_hash(stored[0].hash, 2, canonical(stored[1].event), stored[1].index) == stored[1].hash
+    assert chain_hash(stored[0].hash, 2, stored[1].raw, stored[1].index) == stored[1].hash
+    assert stored[1].raw == canonical({k: v for k, v in stored[1].event.items() if k != "id"})
     result = store.verify()
     assert result.ok and result.checked == 5
 
