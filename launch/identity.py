@@ -6,6 +6,8 @@ The result is a plain dict so it can be stored with the launch context and hande
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from .ehr_client import EhrFhirClient
 from .errors import IdentityUnresolved, SourceError
 
@@ -77,8 +79,12 @@ def _apply_fhir(identity: dict, client: EhrFhirClient, fhir_user: str, rtype: st
         practitioner_ref = (roles[0].get("practitioner") or {}).get("reference")
         practitioner = client.get(practitioner_ref) if practitioner_ref and client.resolve(practitioner_ref) else None
     else:
-        practitioner = client.get(fhir_user)
-        bundle = client.get("PractitionerRole", {"practitioner": f"Practitioner/{practitioner.get('id')}"})
+        # The Practitioner's id is in the reference: ask for it and its roles at the same time (one round trip).
+        pid = fhir_user.rstrip("/").split("/")[-1]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            asked = pool.submit(client.get, fhir_user)
+            bundle = client.get("PractitionerRole", {"practitioner": f"Practitioner/{pid}"})
+            practitioner = asked.result()
         roles = [
             e["resource"]
             for e in bundle.get("entry", [])
@@ -97,11 +103,18 @@ def _apply_fhir(identity: dict, client: EhrFhirClient, fhir_user: str, rtype: st
             for coding in concept.get("coding") or []:
                 if coding.get("system") in JOB_ROLE_SYSTEMS and coding.get("code"):
                     identity["role_codes"].append(str(coding["code"]).split(":")[-1])
-        org_ref = (role.get("organization") or {}).get("reference")
-        if org_ref and client.resolve(org_ref):
-            org = client.get(org_ref)
-            ods = next((i.get("value") for i in org.get("identifier") or [] if i.get("system") == ODS_SYSTEM), None)
-            identity["organisation"] = {"ods": ods, "name": org.get("name"), "reference": org_ref}
+        org = role.get("organization") or {}
+        org_ref, ods = org.get("reference"), (org.get("identifier") or {}).get("value")
+        known = identity["organisation"] or {}
+        if ods or (known.get("ods") and org.get("display")):
+            # The ODS code is already known (reference identifier, or the CIS2 claims): no extra round trip.
+            identity["organisation"] = {"ods": ods or known["ods"], "name": org.get("display"), "reference": org_ref}
+        elif org_ref and client.resolve(org_ref):
+            org_resource = client.get(org_ref)
+            ods = next(
+                (i.get("value") for i in org_resource.get("identifier") or [] if i.get("system") == ODS_SYSTEM), None
+            )
+            identity["organisation"] = {"ods": ods, "name": org_resource.get("name"), "reference": org_ref}
 
 
 def _human_name(names: list | None) -> str | None:

@@ -18,7 +18,10 @@ NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
 PRIVACY_SCOPE = "patient-privacy"
 
 
-def patient_facts(ctx: LaunchContext, record: ConsolidatedRecord, client: EhrFhirClient | None) -> PatientFacts:
+def patient_facts(
+    ctx: LaunchContext, record: ConsolidatedRecord, client: EhrFhirClient | None, colleague: bool | None = None
+) -> PatientFacts:
+    """``colleague`` may be given when it was asked in advance (alongside the fetch)."""
     identity = ctx.identity or {}
     registered, episodes, teams = set(), set(), set()
     for result in record.loaded:
@@ -49,7 +52,9 @@ def patient_facts(ctx: LaunchContext, record: ConsolidatedRecord, client: EhrFhi
         objection_ods=frozenset(per_org),
         is_user=bool(identity.get("nhs_number")) and identity.get("nhs_number") == record.nhs_number,
         family=family,
-        colleague=_is_colleague(client, record.nhs_number, identity) if client else False,
+        colleague=colleague
+        if colleague is not None
+        else (is_colleague(client, record.nhs_number, identity) if client else False),
     )
 
 
@@ -98,7 +103,7 @@ def _holder_ods(row, field: str) -> set[str]:
     return out
 
 
-def _is_colleague(client: EhrFhirClient, nhs: str | None, identity: dict) -> bool:
+def is_colleague(client: EhrFhirClient, nhs: str | None, identity: dict) -> bool:
     """Is the patient on the staff of the user's organisation? Asked of the user's own system."""
     if not nhs:
         return False

@@ -4,18 +4,20 @@ decision before anything is shown, and raises the alerts the policy calls for.""
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import asdict
 
 from app.audit.alerts import Alert, AlertBox
 from app.audit.events import now
 from app.audit.trail import AuditTrail
 from app.observability import DECISIONS
+from app.record.fetch import POOLS
 from app.record.service import ConsolidatedRecord
 from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
 from launch.store import KeyValueStore
 
-from .facts import patient_facts
+from .facts import is_colleague, patient_facts
 from .policy import REFUSE, AccessRules, Decision, Overrides, PatientFacts, capabilities, decide
 from .training import TrainingRegister
 
@@ -45,6 +47,17 @@ class AccessService:
             training,
             tokens,
         )
+        self._colleague_checks: dict[str, Future] = {}
+
+    def prepare(self, ctx: LaunchContext, nhs: str | None, request_id: str) -> None:
+        """Ask the user's own system whether the patient is a colleague while the record is being fetched,
+        so the decision does not add a round trip after the last organisation answers."""
+        if not nhs or ctx.id in self._colleague_checks or self.store.get(f"facts:{ctx.id}"):
+            return
+        client = EhrFhirClient(self.tokens, ctx.id, ctx.iss, request_id)
+        self._colleague_checks[ctx.id] = POOLS.executor().submit(is_colleague, client, nhs, ctx.identity or {})
+        for key in list(self._colleague_checks)[:-200]:  # bounded: abandoned launches do not accumulate
+            self._colleague_checks.pop(key, None)
 
     # -- facts and overrides --------------------------------------------------------------------------
     def facts(self, ctx: LaunchContext, record: ConsolidatedRecord, request_id: str) -> PatientFacts:
@@ -52,7 +65,9 @@ class AccessService:
         if cached:
             return PatientFacts(**{k: frozenset(v) if isinstance(v, list) else v for k, v in cached.items()})
         client = EhrFhirClient(self.tokens, ctx.id, ctx.iss, request_id)
-        facts = patient_facts(ctx, record, client)
+        future = self._colleague_checks.pop(ctx.id, None)
+        colleague = future.result(timeout=15) if future is not None else None
+        facts = patient_facts(ctx, record, client, colleague)
         self.store.set(
             f"facts:{ctx.id}",
             {k: sorted(v) if isinstance(v, frozenset) else v for k, v in asdict(facts).items()},

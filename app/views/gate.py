@@ -35,6 +35,7 @@ def open_record(
     service = current_app.extensions["record"]
     access = current_app.extensions["access"]
     entry = service.start(ctx, g.request_id, refresh=request.args.get("refresh") == "1")
+    access.prepare(ctx, entry.nhs_number, g.request_id)  # facts from the user's own system, in parallel
     if entry.job is not None:
         entry.job.wait(wait)
     raw = service.record(entry)
