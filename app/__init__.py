@@ -111,7 +111,8 @@ def _install_governance(app: Flask, config: Config, store, tokens) -> None:
     )
     app.cli.add_command(audit_cli)
 
-    def audit_launch(ctx, request_id: str) -> None:
+    def on_launch(ctx, request_id: str) -> None:
+        """Audit the launch, then start gathering the record before the browser asks for it."""
         trail.record(
             "launch",
             request_id=request_id,
@@ -120,7 +121,12 @@ def _install_governance(app: Flask, config: Config, store, tokens) -> None:
             details={"standalone": ctx.standalone, "scope": ctx.scope},
         )
 
-    app.extensions["launch"].on_launch = audit_launch
+        access = app.extensions["access"]
+        app.extensions["record"].start_early(
+            ctx, request_id, then=lambda entry: access.prepare(ctx, entry.nhs_number, request_id)
+        )
+
+    app.extensions["launch"].on_launch = on_launch
 
 
 def _install_template_helpers(app: Flask) -> None:

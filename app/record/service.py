@@ -6,10 +6,12 @@ so every section page, progress poll and export of that launch reuses it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import orjson
@@ -20,11 +22,12 @@ from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
 from launch.tokens import TokenManager
 
-from .fetch import FetchJob, SourceResult, TokenSource, restore, snapshot_of
+from .fetch import POOLS, FetchJob, SourceResult, TokenSource, restore, snapshot_of
 from .match import Demographics, demographic_warnings, demographics, nhs_number_of
 from .merge import Item, Row, SourceRef, build_sections
 from .sources import RecordSource, record_sources
 
+log = logging.getLogger(__name__)
 RECORD_TTL = 300  # seconds a fetched record is reused before it is fetched again
 MAX_CACHED_RECORDS = 20  # per worker: bounds memory (~13 MB for the largest sandbox patient)
 
@@ -86,9 +89,35 @@ class RecordService:
         self.config, self.tokens, self.backend, self.shared = config, tokens, backend, shared
         self._cache: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        self._starting: dict[str, Future] = {}
+
+    def start_early(self, ctx: LaunchContext, request_id: str, then=None) -> None:
+        """Begin gathering the record while the browser is still following the sign-in redirect."""
+
+        def run() -> _Entry:
+            entry = self._start_now(ctx, request_id, refresh=False)
+            if then is not None:
+                then(entry)
+            return entry
+
+        with self._lock:
+            if ctx.id not in self._starting:
+                self._starting[ctx.id] = POOLS.executor().submit(run)
+            for key in list(self._starting)[:-200]:  # launches never viewed do not accumulate
+                self._starting.pop(key, None)
 
     def start(self, ctx: LaunchContext, request_id: str, refresh: bool = False) -> _Entry:
-        """The launch's fetch, started now or reused from the cache."""
+        """The launch's fetch, started now or reused from the cache (or from an early start in flight)."""
+        with self._lock:
+            early = self._starting.pop(ctx.id, None) if not refresh else None
+        if early is not None:
+            try:
+                return early.result(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - start again here, so this request reports its own error
+                log.info("early start for %s… failed (%s); starting again", ctx.id[:6], exc.__class__.__name__)
+        return self._start_now(ctx, request_id, refresh)
+
+    def _start_now(self, ctx: LaunchContext, request_id: str, refresh: bool) -> _Entry:
         with self._lock:
             entry = self._cache.get(ctx.id)
             fresh = entry and (time.time() - entry.created < RECORD_TTL or (entry.job and not entry.job.all_done()))

@@ -321,3 +321,26 @@ def test_documents_are_grouped_by_organisation_and_sanitised(http, sandbox, view
     body = letter.split('id="document-body">')[1].split("</article>")[0]
     assert "Dear Dr Patel" in body and "Yours sincerely" in body
     assert "<script" not in body and "onerror" not in body and "javascript:" not in body
+
+
+def test_the_record_is_gathered_while_the_browser_follows_the_sign_in_redirect(http, sandbox, viewer):
+    started = time.time()
+    to_viewer = http.get(
+        f"{sandbox.sandbox_url}/ehr/launch", params={"user": "dr-patel", "patient": DAVID}, allow_redirects=False
+    )
+    to_authorize = http.get(to_viewer.headers["Location"], allow_redirects=False)
+    to_callback = http.get(to_authorize.headers["Location"], allow_redirects=False)
+    to_record = http.get(to_callback.headers["Location"], allow_redirects=False)  # the callback itself
+    assert to_record.status_code == 302
+    deadline = time.time() + 5
+    searched = []
+    while time.time() < deadline and not searched:
+        searched = [
+            r for r in viewer_requests(sandbox, started) if r.org_id == "hospital" and "/Patient?identifier=" in r.url
+        ]
+        time.sleep(0.05)
+    assert searched, "no organisation was asked before the record page was requested"
+    page = http.get(sandbox.viewer_url + to_record.headers["Location"])
+    assert page.status_code == 200 and "Check identity:" in page.text
+    again = [r for r in viewer_requests(sandbox, started) if r.org_id == "hospital" and "/Patient?identifier=" in r.url]
+    assert len(again) == 1, "the record page fetched again instead of using the early start"
