@@ -287,3 +287,28 @@ def test_audit_verify_command(gov):
     runner = gov.test_cli_runner()
     result = runner.invoke(args=["audit", "verify"])
     assert result.exit_code == 0 and "intact" in result.output
+
+
+def test_200_concurrent_accesses_make_200_chained_audit_events(http, sandbox, gov):
+    from concurrent.futures import ThreadPoolExecutor
+
+    launch(http, sandbox, "dr-patel", MARGARET)
+    url = http.last_url + "allergies"
+    store = gov.extensions["audit_store"]
+    before = store.count()
+    cookies = http.cookies
+
+    def view(_):
+        browser = new_browser()
+        browser.cookies.update(cookies)
+        return browser.get(url).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(view, range(200)))
+    assert statuses == [200] * 200
+    assert store.count() - before == 200
+    events = store.search(limit=200)
+    assert sorted(e.seq for e in events) == list(range(before + 1, before + 201))  # no gap
+    assert len({e.prev_hash for e in events}) == 200  # no fork
+    assert all(e.event["subtype"][-1]["code"] == "view" for e in events)
+    assert store.verify().ok
