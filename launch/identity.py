@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from app.identifiers import JOB_ROLE_SYSTEM, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SDS_USER_SYSTEM
+
 from .ehr_client import EhrFhirClient
 from .errors import IdentityUnresolved, SourceError
 
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-SDS_USER_SYSTEM = "https://fhir.nhs.uk/Id/sds-user-id"
-NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 JOB_ROLE_SYSTEMS = (
-    "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode",
+    JOB_ROLE_SYSTEM,
     "https://fhir.hl7.org.uk/CodeSystem/UKCore-SDSJobRoleName",
 )
 STAFF_TYPES = ("Practitioner", "PractitionerRole")

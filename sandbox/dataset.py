@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.identifiers import GMC_SYSTEM, JOB_ROLE_SYSTEM, ODS_SYSTEM, SDS_ROLE_PROFILE_SYSTEM, SDS_USER_SYSTEM
 from app.record.nhs_number import NHS_NUMBER_SYSTEM, check_digit, from_identifiers, is_valid
 
 from .settings import Organisation, SandboxSettings
@@ -23,11 +24,6 @@ from .store import OrgStore
 
 log = logging.getLogger(__name__)
 
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-SDS_USER_SYSTEM = "https://fhir.nhs.uk/Id/sds-user-id"
-SDS_ROLE_PROFILE_SYSTEM = "https://fhir.nhs.uk/Id/sds-role-profile-id"
-GMC_SYSTEM = "https://fhir.hl7.org.uk/Id/gmc-number"
-JOB_ROLE_SYSTEM = "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode"
 SYNTHEA_SKIPPED_TYPES = {"Claim", "ExplanationOfBenefit", "Provenance"}
 SHARED_TYPES = {"Organization", "Practitioner", "PractitionerRole", "Location"}
 SYNTHEA_SYSTEM = "https://github.com/synthetichealth/synthea"

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, g, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from app.record.nhs_number import NHS_NUMBER_SYSTEM
+from app.record.nhs_number import NHS_NUMBER_SYSTEM, from_identifiers
 from launch.scopes import permits
 
 from .auth_views import smart_configuration
@@ -299,10 +299,7 @@ def _note_patient(store: OrgStore, rtype: str, params: dict[str, list[str]], mat
 
 
 def _nhs(patient: dict) -> str | None:
-    for ident in patient.get("identifier") or []:
-        if ident.get("system") == NHS_NUMBER_SYSTEM:
-            return ident.get("value")
-    return None
+    return from_identifiers(patient.get("identifier"))
 
 
 def _int_param(name: str, default: int, low: int, high: int) -> int:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from app.identifiers import NHS_NUMBER_SYSTEM as NHS_NUMBER
+from app.identifiers import ODS_SYSTEM as ODS
+from app.identifiers import SDS_USER_SYSTEM as SDS_USER
 from app.record.service import ConsolidatedRecord
 from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
@@ -12,9 +15,6 @@ from launch.errors import SourceError
 from .policy import PatientFacts
 
 log = logging.getLogger(__name__)
-ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
-SDS_USER = "https://fhir.nhs.uk/Id/sds-user-id"
-NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
 PRIVACY_SCOPE = "patient-privacy"
 
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import time
 
+from app.identifiers import JOB_ROLE_SYSTEM as JOB_ROLE
+from app.identifiers import NHS_NUMBER_SYSTEM as NHS_NUMBER
+from app.identifiers import SDS_USER_SYSTEM as SDS_USER
+
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL = "http://hl7.org/fhir/restful-interaction"
@@ -15,12 +19,8 @@ ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
-ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
-SDS_USER = "https://fhir.nhs.uk/Id/sds-user-id"
 ACTION_SYSTEM = "https://shared-care-record.example.nhs.uk/CodeSystem/audit-action"
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition"
-JOB_ROLE = "https://fhir.nhs.uk/CodeSystem/NHSDigital-SDS-JobRoleCode"
 
 PURPOSES = {
     "TREAT": "treatment",

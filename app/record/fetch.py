@@ -21,7 +21,7 @@ import orjson
 import urllib3
 
 from app.observability import SOURCE_LATENCY, SOURCE_OUTCOMES
-from app.record.nhs_number import NHS_NUMBER_SYSTEM
+from app.record.nhs_number import NHS_NUMBER_SYSTEM, from_identifiers
 
 from .sources import RecordSource
 
@@ -122,11 +122,6 @@ class _Pools:
 
 
 POOLS = _Pools()
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def same_origin(url: str, base: str) -> bool:
@@ -436,10 +431,7 @@ def _entries(bundle: dict) -> list[dict]:
 
 
 def _has_nhs_number(patient: dict, nhs: str) -> bool:
-    return any(
-        i.get("system") == NHS_NUMBER_SYSTEM and (i.get("value") or "").replace(" ", "") == nhs
-        for i in patient.get("identifier") or []
-    )
+    return from_identifiers(patient.get("identifier")) == nhs
 
 
 def _about_patient(resource: dict, rtype: str, patient_id: str, base_url: str) -> bool:

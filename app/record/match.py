@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.record.nhs_number import NHS_NUMBER_SYSTEM, is_valid, normalise
+from app.record.nhs_number import from_identifiers, is_valid
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,8 @@ class Demographics:
 
 def nhs_number_of(patient: dict) -> str | None:
     """The patient's NHS number when present and valid (Modulus 11); None otherwise."""
-    for ident in patient.get("identifier") or []:
-        if ident.get("system") == NHS_NUMBER_SYSTEM and ident.get("value"):
-            value = normalise(ident["value"])
-            return value if is_valid(value) else None
-    return None
+    value = from_identifiers(patient.get("identifier"))
+    return value if value and is_valid(value) else None
 
 
 def demographics(source_name: str, patient: dict) -> Demographics:

@@ -19,7 +19,7 @@ from markupsafe import Markup
 from app.record import sections as views
 from app.record.charts import legend, trend_svg
 from app.record.export import export_bundle
-from app.record.nhs_number import NHS_NUMBER_SYSTEM, format_nhs_number, is_valid, normalise
+from app.record.nhs_number import format_nhs_number, from_identifiers, is_valid
 from launch.context import LaunchContext
 from launch.errors import SessionExpired
 
@@ -75,14 +75,7 @@ def load_context(ctx_id: str) -> LaunchContext:
 def patient_banner(patient: dict) -> dict:
     """What the banner shows; an invalid or missing NHS number is said plainly, never hidden."""
     name = (patient.get("name") or [{}])[0]
-    nhs = next(
-        (
-            normalise(i.get("value", ""))
-            for i in patient.get("identifier") or []
-            if i.get("system") == NHS_NUMBER_SYSTEM
-        ),
-        None,
-    )
+    nhs = from_identifiers(patient.get("identifier"))
     address = (patient.get("address") or [{}])[0]
     gp = (patient.get("generalPractitioner") or [{}])[0]
     return {
