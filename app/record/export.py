@@ -1,7 +1,9 @@
 """The consolidated record as a FHIR R4 Bundle (type collection) with one Provenance per organisation.
 
 Every resource keeps its own id and carries its organisation's absolute URL as ``fullUrl``, so nothing
-collides; each Provenance names the organisation (ODS code) as custodian of what it supplied.
+collides; each Provenance names the organisation (ODS code) as custodian of what it supplied. The export
+holds exactly what the user may see: the resources behind the record's rows (withheld items never enter
+them), plus each organisation's Patient.
 """
 
 from __future__ import annotations
@@ -9,17 +11,22 @@ from __future__ import annotations
 import time
 import uuid
 
-from .service import ConsolidatedRecord
+from app.identifiers import ODS_SYSTEM
 
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+from .service import ConsolidatedRecord
 
 
 def export_bundle(record: ConsolidatedRecord, viewer_base: str) -> dict:
     entries: list[dict] = []
     seen: set[str] = set()
+    shown: dict[str, list[dict]] = {}
+    for rows in record.sections.values():
+        for row in rows:
+            for source, resource in zip(row.sources, row.resources, strict=True):
+                shown.setdefault(source.source_id, []).append(resource)
     for result in record.loaded:
         base = result.source.base_url
-        supplied = [result.patient] + [r for rs in result.resources.values() for r in rs]
+        supplied = [result.patient, *shown.get(result.source.id, [])]
         targets = []
         for resource in supplied:
             full_url = f"{base}/{resource['resourceType']}/{resource['id']}"
