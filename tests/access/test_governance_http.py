@@ -312,3 +312,25 @@ def test_200_concurrent_accesses_make_200_chained_audit_events(http, sandbox, go
     assert len({e.prev_hash for e in events}) == 200  # no fork
     assert all(e.event["subtype"][-1]["code"] == "view" for e in events)
     assert store.verify().ok
+
+
+def test_export_leaves_out_what_was_withheld(http, sandbox, gov):
+    launch(http, sandbox, "dr-evans", PRIYA)
+    restricted = http.get(http.last_url + "export.json").json()
+    other = new_browser()
+    landed = launch(other, sandbox, "cmhn-ahmed", PRIYA)
+    full = other.get(re.match(r"(.*/r/[^/]+/)", landed.url).group(1) + "export.json").json()
+
+    def labelled(bundle):
+        return [
+            e["fullUrl"]
+            for e in bundle["entry"]
+            if any(
+                s.get("code") in ("R", "V", "HIV", "STD", "SEX", "PSY")
+                for s in (e["resource"].get("meta") or {}).get("security") or []
+            )
+        ]
+
+    assert labelled(full), "the sensitive-records role should export Priya's sensitive items"
+    assert labelled(restricted) == []
+    assert len(restricted["entry"]) < len(full["entry"])
