@@ -13,17 +13,18 @@ from app.record.service import ConsolidatedRecord
 from launch.context import LaunchContext
 
 from .csrf import check_csrf
+from .gate import Interrupt, gather
 from .record import load_context, patient_banner
 
 bp = Blueprint("access", __name__, url_prefix="/r/<ctx_id>/access")
 
 
 def _record(ctx: LaunchContext) -> ConsolidatedRecord:
-    service = current_app.extensions["record"]
-    entry = service.start(ctx, g.request_id)
-    if entry.job is not None:
-        entry.job.wait(10)
-    return service.record(entry)
+    """Decisions here need every organisation's answer too: the same gathering as the record pages."""
+    _entry, record = gather(ctx, "access", 10.0)
+    if record.nhs_number is None:
+        raise Interrupt(redirect(url_for("record.home", ctx_id=ctx.id)))
+    return record
 
 
 def _next(ctx: LaunchContext) -> str:

@@ -29,24 +29,30 @@ class Interrupt(Exception):
         self.response = response
 
 
-def open_record(
-    ctx: LaunchContext, section: str, wait: float, audit_view: bool = True
-) -> tuple[ConsolidatedRecord, Decision | None]:
+def gather(ctx: LaunchContext, section: str, wait: float):
+    """The launch's record once every organisation has answered (decisions need all of them); until then
+    the page is the organisations' progress. Returns (fetch entry, unfiltered record)."""
     service = current_app.extensions["record"]
-    access = current_app.extensions["access"]
     entry = service.start(ctx, g.request_id, refresh=request.args.get("refresh") == "1")
-    access.prepare(ctx, entry.nhs_number, g.request_id)  # facts from the user's own system, in parallel
+    current_app.extensions["access"].prepare(ctx, entry.nhs_number, g.request_id)  # in parallel with the fetch
     if entry.job is not None:
         entry.job.wait(wait)
     raw = service.record(entry)
-    if raw.nhs_number is None:
-        return raw, None  # nothing to decide: nothing is fetched without a valid NHS number
-    if not raw.complete:
+    if raw.nhs_number is not None and not raw.complete:
         raise Interrupt(
             render_template(
                 "record/loading.html", ctx=ctx, record=raw, banner=_banner(raw), user=ctx.identity, section=section
             )
         )
+    return entry, raw
+
+
+def open_record(ctx: LaunchContext, section: str, wait: float) -> tuple[ConsolidatedRecord, Decision | None]:
+    service = current_app.extensions["record"]
+    access = current_app.extensions["access"]
+    entry, raw = gather(ctx, section, wait)
+    if raw.nhs_number is None:
+        return raw, None  # nothing to decide: nothing is fetched without a valid NHS number
     decision = access.evaluate(ctx, raw, g.request_id)
     if decision.outcome == NEED_REASON:
         raise Interrupt(redirect(url_for("access.reason", ctx_id=ctx.id, next=request.path)))
@@ -100,16 +106,15 @@ def open_record(
         (lambda r: is_sensitive(r, rules)) if decision.withhold_sensitive else None, decision.withheld_ods
     )
     view = service.record(entry, withhold)
-    if audit_view:
-        current_app.extensions["audit"].record(
-            "export" if section == "export" else "view",
-            request_id=g.request_id,
-            ctx=ctx,
-            patient_nhs=raw.nhs_number,
-            purpose=decision.purpose,
-            what=f"{section} {request.full_path}",
-            details={"withheld-items": view.withheld},
-        )
+    current_app.extensions["audit"].record(
+        "export" if section == "export" else "view",
+        request_id=g.request_id,
+        ctx=ctx,
+        patient_nhs=raw.nhs_number,
+        purpose=decision.purpose,
+        what=f"{section} {request.full_path}",
+        details={"withheld-items": view.withheld},
+    )
     g.decision = decision
     g.break_glass_until = access.break_glass_until(ctx, raw.nhs_number)
     return view, decision
