@@ -217,6 +217,13 @@ def test_two_instances_share_sessions_tokens_records_and_audit(deployment, pg_ur
     fetch_logs = [line for line in lines if '"logger": "app.record.fetch"' in line]
     assert fetch_logs and all('"request_id"' in line for line in fetch_logs), "structured logs with request id"
 
+    # Graceful shutdown: SIGTERM lets the instance finish and exit cleanly, well inside the grace period.
+    instance_b = deployment["procs"][2]
+    started = time.monotonic()
+    instance_b.send_signal(signal.SIGTERM)
+    assert instance_b.wait(timeout=25) == 0
+    assert time.monotonic() - started < 25
+
 
 @contextmanager
 def private_redis(port: int):

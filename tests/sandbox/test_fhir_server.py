@@ -296,3 +296,22 @@ def test_request_id_is_echoed_and_logged(client, sandbox, system_token):
     logged = client.http.get(f"{sandbox.sandbox_url}/inspector/api/requests", params={"org": "gp"}).json()
     row = next(r for r in logged if r["request_id"] == "req-abc-123")
     assert row["method"] == "GET" and row["status"] == 200 and row["client_id"] == "scr-viewer-backend"
+
+
+def test_faults_can_be_set_in_the_config_file(sandbox, tmp_path):
+    from app.config import DEFAULT_CONFIG, load_config
+    from sandbox import create_sandbox_app
+    from tests.conftest import test_env
+
+    text = DEFAULT_CONFIG.read_text()
+    head, sep, tail = text.rpartition('faults = { latency_ms = 0, mode = "ok" }')  # the last one: council
+    (tmp_path / "config.toml").write_text(head + 'faults = { latency_ms = 0, mode = "error_500" }' + tail)
+    config = load_config(tmp_path / "config.toml", env=test_env(tmp_path, 1, 2))
+    app = create_sandbox_app(config, dataset=sandbox.state.dataset)
+    client = app.test_client()
+    assert client.get("/fhir/council/metadata").status_code == 500
+    assert client.get("/fhir/gp/metadata").status_code == 200
+    state = app.extensions["sandbox_state"]
+    state.set_faults("council", mode="ok")
+    state.reset()  # back to the configured behaviour, not to "ok"
+    assert client.get("/fhir/council/metadata").status_code == 500
