@@ -25,14 +25,14 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["SCR"] = config
     app.secret_key = config.viewer.secret_key or secrets.token_bytes(32)
 
+    from core.state.redis import RedisStore
+    from core.state.session import ServerSessionInterface
+    from core.state.store import MemoryStore
     from launch.backend import BackendTokens
     from launch.context import ContextStore
     from launch.discovery import Discovery
     from launch.flow import LaunchServices
     from launch.keys import load_keyset
-    from launch.redis_store import RedisStore
-    from launch.session import ServerSessionInterface
-    from launch.store import MemoryStore
     from launch.tokens import TokenManager
     from launch.views import bp as launch_bp
 
@@ -43,10 +43,15 @@ def create_app(config: Config | None = None) -> Flask:
     redis_url = os.environ.get("REDIS_URL") or config.raw.get("state", {}).get("redis_url") or ""
     store = RedisStore(redis_url) if redis_url else MemoryStore()
     discovery = Discovery()
-    tokens = TokenManager(store, config, keyset)
+    from launch.registration import ClientSettings
+
+    from .record.fetch import FETCH_TYPES
+
+    settings = ClientSettings(config.viewer.base_url, config.ehrs, FETCH_TYPES)
+    tokens = TokenManager(store, settings, keyset)
     app.session_interface = ServerSessionInterface(store)
     app.extensions["launch"] = LaunchServices(
-        config=config,
+        settings=settings,
         store=store,
         discovery=discovery,
         tokens=tokens,
@@ -132,7 +137,8 @@ def _install_governance(app: Flask, config: Config, store, tokens) -> None:
 def _install_template_helpers(app: Flask) -> None:
     import time
 
-    from .record.nhs_number import format_nhs_number
+    from core.nhs_number import format_nhs_number
+
     from .views.csrf import csrf_token
 
     app.jinja_env.filters["nhs"] = lambda v: format_nhs_number(v or "")
@@ -146,7 +152,7 @@ def _install_request_ids(app: Flask) -> None:
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid.uuid4())
         if getattr(session, "unavailable", False):
-            from launch.store import StoreUnavailable
+            from core.state.store import StoreUnavailable
 
             raise StoreUnavailable("the session store could not be read")
 
@@ -180,7 +186,7 @@ def _install_error_pages(app: Flask) -> None:
             request_id=g.get("request_id"),
         ), 503
 
-    from launch.store import StoreUnavailable
+    from core.state.store import StoreUnavailable
 
     @app.errorhandler(StoreUnavailable)
     def _store_down(exc: StoreUnavailable):

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from launch.registration import EhrRegistration, Source
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "sandbox" / "config.toml"
 CLIENT_AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "none")
 SOURCE_AUTH_METHODS = ("backend_services", "none")
@@ -28,37 +30,6 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 class ConfigError(ValueError):
     """The configuration file is missing, malformed or inconsistent."""
-
-
-@dataclass(frozen=True)
-class EhrRegistration:
-    """A host EHR allowed to launch the viewer (its ``iss`` is the allow-list key)."""
-
-    name: str
-    issuer: str
-    client_id: str
-    client_auth: str
-    signing_alg: str = "RS384"
-    client_secret: str | None = None
-    standalone: bool = False
-    frame_origins: tuple[str, ...] = ()
-    id_token_issuer: str | None = None  # pin when the EHR's smart-configuration has no `issuer`
-
-
-@dataclass(frozen=True)
-class Source:
-    """An organisation's FHIR server that shares records with the viewer."""
-
-    id: str
-    name: str
-    ods_code: str
-    kind: str
-    base_url: str
-    auth: str
-    client_id: str | None = None
-    scopes: str = "system/*.rs"
-    signing_alg: str = "RS384"
-    timeout: float = 5.0
 
 
 @dataclass(frozen=True)

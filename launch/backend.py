@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 
-from app.config import Source
+from core.state.store import KeyValueStore
 
 from .client_auth import token_request_auth
 from .discovery import Discovery
 from .errors import TokenError
-from .store import KeyValueStore
+from .registration import Source
 from .tokens import post_token_request
 
 EARLY_RENEWAL = 60  # seconds before expiry at which a cached token is replaced

@@ -10,7 +10,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 
-from .store import KeyValueStore
+from core.state.store import KeyValueStore
 
 CONTEXT_TTL = 12 * 3600
 MAX_CONTEXTS_PER_SESSION = 10

@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import requests
 from joserfc.jwk import KeySet
 
+from core.http import http_session
+
 from .errors import DiscoveryFailed
-from .http import http_session
 
 DISCOVERY_TTL = 3600
 JWKS_TTL = 3600

@@ -11,8 +11,9 @@ from urllib.parse import urlsplit
 
 import requests
 
+from core.http import http_session
+
 from .errors import SourceError
-from .http import http_session
 from .tokens import TokenManager
 
 TIMEOUT = 10.0

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from joserfc.jwk import KeySet
 
-from app.config import Config, EhrRegistration
+from core.state.store import KeyValueStore
 
 from .client_auth import token_request_auth
 from .context import ContextStore, LaunchContext, new_context_id
@@ -25,8 +25,8 @@ from .ehr_client import EhrFhirClient
 from .errors import AccessDenied, BadState, InvalidIdToken, MissingScope, TokenError, UnknownIssuer
 from .id_token import validate_id_token
 from .identity import resolve_identity
+from .registration import ClientSettings, EhrRegistration
 from .scopes import launch_scopes, missing_scopes
-from .store import KeyValueStore
 from .tokens import TokenManager, post_token_request, token_set_from_response
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ STATE_TTL = 600  # ten minutes to complete sign-in
 
 @dataclass
 class LaunchServices:
-    config: Config
+    settings: ClientSettings
     store: KeyValueStore
     discovery: Discovery
     tokens: TokenManager
@@ -45,8 +45,7 @@ class LaunchServices:
 
     @property
     def redirect_uri(self) -> str:
-        """From config, never from the Host header of the request."""
-        return f"{self.config.viewer.base_url}/callback"
+        return self.settings.redirect_uri
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -61,7 +60,7 @@ def begin(services: LaunchServices, ehr: EhrRegistration, launch: str | None, bi
     """Store state/nonce/PKCE verifier server-side and return the authorize URL to redirect to."""
     smart = services.discovery.configuration(ehr.issuer)
     state, nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(64)
-    scope = launch_scopes(standalone=launch is None)
+    scope = launch_scopes(services.settings.record_types, standalone=launch is None)
     services.store.set(
         f"oauth:{state}",
         {
@@ -104,7 +103,7 @@ def complete(services: LaunchServices, params: dict[str, str], binding: str, req
     code = params.get("code")
     if not code:
         raise TokenError("callback carried neither code nor error")
-    ehr = services.config.ehr_for_issuer(pending["iss"])
+    ehr = services.settings.ehr_for_issuer(pending["iss"])
     if ehr is None:
         raise UnknownIssuer(f"issuer {pending['iss']} was removed from the configuration mid-launch")
     smart = services.discovery.configuration(ehr.issuer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from app.identifiers import JOB_ROLE_SYSTEM, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SDS_USER_SYSTEM
+from core.identifiers import JOB_ROLE_SYSTEM, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SDS_USER_SYSTEM
 
 from .ehr_client import EhrFhirClient
 from .errors import IdentityUnresolved, SourceError

@@ -69,33 +69,15 @@ def permits(scope: str, level_options: tuple[str, ...], resource_type: str, perm
     return None
 
 
-# Resource types the viewer reads from a patient's record, and what it reads to know who the user is.
-RECORD_TYPES = (
-    "AllergyIntolerance",
-    "CarePlan",
-    "CareTeam",
-    "Condition",
-    "Consent",
-    "DiagnosticReport",
-    "DocumentReference",
-    "Encounter",
-    "EpisodeOfCare",
-    "Flag",
-    "Immunization",
-    "MedicationRequest",
-    "MedicationStatement",
-    "Observation",
-    "Procedure",
-    "RelatedPerson",
-)
 # Practitioner search lets the viewer ask the user's own system whether the patient is a colleague.
 IDENTITY_SCOPES = ("user/Practitioner.rs", "user/PractitionerRole.rs", "user/Organization.r")
 
 
-def launch_scopes(standalone: bool) -> str:
-    """Minimum-necessary v2 scopes: identity, refresh while the user is online, the patient's record."""
+def launch_scopes(record_types: tuple[str, ...], standalone: bool) -> str:
+    """Minimum-necessary v2 scopes: identity, refresh while the user is online, and read/search on exactly
+    the patient's resource types the record reads (given by the record catalogue)."""
     context = "launch/patient" if standalone else "launch"
-    resources = ["patient/Patient.r", *(f"patient/{t}.rs" for t in RECORD_TYPES)]
+    resources = ["patient/Patient.r", *(f"patient/{t}.rs" for t in sorted(set(record_types)))]
     return " ".join([context, "openid", "fhirUser", "online_access", *resources, *IDENTITY_SCOPES])
 
 

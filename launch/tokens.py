@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass
 
 import requests
 
-from app.config import Config
+from core.http import http_session
+from core.state.store import KeyValueStore
 
 from .client_auth import token_request_auth
 from .errors import RelaunchRequired, SessionExpired, TokenError
-from .http import http_session
-from .store import KeyValueStore
+from .registration import ClientSettings
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ def post_token_request(token_endpoint: str, form: dict, headers: dict) -> dict:
 
 
 class TokenManager:
-    def __init__(self, store: KeyValueStore, config: Config, keyset) -> None:
+    def __init__(self, store: KeyValueStore, settings: ClientSettings, keyset) -> None:
         self.store = store
-        self.config = config
+        self.settings = settings
         self.keyset = keyset
 
     def save(self, ctx_id: str, tokens: TokenSet) -> None:
@@ -114,7 +114,7 @@ class TokenManager:
     def _refresh(self, tokens: TokenSet) -> TokenSet:
         if not tokens.refresh_token:
             raise RelaunchRequired("access token expired and no refresh token was granted")
-        ehr = self.config.ehr_for_issuer(tokens.issuer)
+        ehr = self.settings.ehr_for_issuer(tokens.issuer)
         if ehr is None:
             raise RelaunchRequired("the issuer is no longer registered")
         form, headers = token_request_auth(

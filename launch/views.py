@@ -30,7 +30,7 @@ def _binding() -> str:
 @bp.get("/launch")
 def ehr_launch():
     iss, launch = request.args.get("iss", ""), request.args.get("launch", "")
-    ehr = services().config.ehr_for_issuer(iss.rstrip("/")) if iss else None
+    ehr = services().settings.ehr_for_issuer(iss.rstrip("/")) if iss else None
     if ehr is None:
         # Allow-list first: an unknown iss gets a refusal and no outbound request at all (pitfall A8).
         raise UnknownIssuer(f"iss {iss[:200]!r} is not a registered EHR")
@@ -42,7 +42,7 @@ def ehr_launch():
 @bp.get("/start")
 def standalone_launch():
     iss = request.args.get("iss", "")
-    ehr = services().config.ehr_for_issuer(iss.rstrip("/")) if iss else None
+    ehr = services().settings.ehr_for_issuer(iss.rstrip("/")) if iss else None
     if ehr is None or not ehr.standalone:
         raise UnknownIssuer(f"standalone iss {iss[:200]!r} is not registered for standalone launch")
     return redirect(flow.begin(services(), ehr, None, _binding()))

@@ -16,8 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.identifiers import GMC_SYSTEM, JOB_ROLE_SYSTEM, ODS_SYSTEM, SDS_ROLE_PROFILE_SYSTEM, SDS_USER_SYSTEM
-from app.record.nhs_number import NHS_NUMBER_SYSTEM, check_digit, from_identifiers, is_valid
+from core.identifiers import GMC_SYSTEM, JOB_ROLE_SYSTEM, ODS_SYSTEM, SDS_ROLE_PROFILE_SYSTEM, SDS_USER_SYSTEM
+from core.nhs_number import NHS_NUMBER_SYSTEM, check_digit, from_identifiers, is_valid
 
 from .settings import Organisation, SandboxSettings
 from .store import OrgStore

@@ -12,7 +12,7 @@ from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
 
-from app.record.nhs_number import format_nhs_number, normalise
+from core.nhs_number import format_nhs_number, normalise
 
 from .dataset import SandboxPatient, StaffUser
 from .state import Launch, SandboxState

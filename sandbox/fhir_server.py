@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, g, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 
-from app.record.nhs_number import NHS_NUMBER_SYSTEM, from_identifiers
+from core.nhs_number import NHS_NUMBER_SYSTEM, from_identifiers
 from launch.scopes import permits
 
 from .auth_views import smart_configuration

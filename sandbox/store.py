@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from app.record.nhs_number import NHS_NUMBER_SYSTEM
+from core.nhs_number import NHS_NUMBER_SYSTEM
 
 # The element that places a resource in a patient's compartment (the FHIR `patient` search parameter).
 PATIENT_FIELD = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from app.identifiers import NHS_NUMBER_SYSTEM as NHS_NUMBER
-from app.identifiers import ODS_SYSTEM as ODS
-from app.identifiers import SDS_USER_SYSTEM as SDS_USER
 from app.record.service import ConsolidatedRecord
+from core.identifiers import NHS_NUMBER_SYSTEM as NHS_NUMBER
+from core.identifiers import ODS_SYSTEM as ODS
+from core.identifiers import SDS_USER_SYSTEM as SDS_USER
 from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
 from launch.errors import SourceError

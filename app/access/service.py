@@ -13,9 +13,9 @@ from app.audit.trail import AuditTrail
 from app.observability import DECISIONS
 from app.record.fetch import POOLS
 from app.record.service import ConsolidatedRecord
+from core.state.store import KeyValueStore
 from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
-from launch.store import KeyValueStore
 
 from .facts import is_colleague, patient_facts
 from .policy import REFUSE, AccessRules, Decision, Overrides, PatientFacts, capabilities, decide

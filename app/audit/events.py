@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 
-from app.identifiers import JOB_ROLE_SYSTEM as JOB_ROLE
-from app.identifiers import NHS_NUMBER_SYSTEM as NHS_NUMBER
-from app.identifiers import SDS_USER_SYSTEM as SDS_USER
+from core.identifiers import JOB_ROLE_SYSTEM as JOB_ROLE
+from core.identifiers import NHS_NUMBER_SYSTEM as NHS_NUMBER
+from core.identifiers import SDS_USER_SYSTEM as SDS_USER
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from app.identifiers import ODS_SYSTEM
+from core.identifiers import ODS_SYSTEM
 
 from .service import ConsolidatedRecord
 

@@ -21,7 +21,7 @@ import orjson
 import urllib3
 
 from app.observability import SOURCE_LATENCY, SOURCE_OUTCOMES
-from app.record.nhs_number import NHS_NUMBER_SYSTEM, from_identifiers
+from core.nhs_number import NHS_NUMBER_SYSTEM, from_identifiers
 
 from .sources import RecordSource
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.record.nhs_number import from_identifiers, is_valid
+from core.nhs_number import from_identifiers, is_valid
 
 
 @dataclass(frozen=True)

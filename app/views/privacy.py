@@ -10,7 +10,7 @@ import re
 from flask import Blueprint, Response, abort, current_app, g, jsonify, redirect, render_template, request, url_for
 
 from app.access.policy import capabilities
-from app.record.nhs_number import is_valid, normalise
+from core.nhs_number import is_valid, normalise
 from launch.context import LaunchContext
 
 from .csrf import check_csrf

@@ -19,7 +19,7 @@ from markupsafe import Markup
 from app.record import sections as views
 from app.record.charts import legend, trend_svg
 from app.record.export import export_bundle
-from app.record.nhs_number import format_nhs_number, from_identifiers, is_valid
+from core.nhs_number import format_nhs_number, from_identifiers, is_valid
 from launch.context import LaunchContext
 from launch.errors import SessionExpired
 

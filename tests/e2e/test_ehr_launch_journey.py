@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from playwright.sync_api import Page, expect
 
-from app.record.nhs_number import format_nhs_number
+from core.nhs_number import format_nhs_number
 
 
 def origin(url: str) -> str:

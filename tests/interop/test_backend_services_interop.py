@@ -5,9 +5,9 @@ from __future__ import annotations
 import requests
 
 from app.config import Source
+from core.state.store import MemoryStore
 from launch.backend import BackendTokens
 from launch.discovery import Discovery
-from launch.store import MemoryStore
 
 
 def test_viewer_backend_client_gets_a_token_that_reads_the_patient(sekmet):

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import requests
 
+from core.state.store import MemoryStore
 from launch.backend import BackendTokens
 from launch.discovery import Discovery
 from launch.errors import DiscoveryFailed, TokenError
-from launch.store import MemoryStore
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from app.record.nhs_number import format_nhs_number
-from launch.scopes import RECORD_TYPES
+from app.record.fetch import FETCH_TYPES as RECORD_TYPES
+from core.nhs_number import format_nhs_number
 from tests.conftest import LoopbackCookieJar
 from tests.smart import decode_unverified
 
@@ -361,7 +361,7 @@ def test_private_key_jwt_assertions_follow_smart(http, sandbox, viewer):
     ("client_id", "method"), [("scr-viewer-secret", "client_secret_basic"), ("scr-viewer-public", "none")]
 )
 def test_other_client_authentication_methods(http, sandbox, viewer, client_id, method):
-    config = viewer.config
+    settings = viewer.settings
     ehrs = tuple(
         replace(
             e,
@@ -371,14 +371,13 @@ def test_other_client_authentication_methods(http, sandbox, viewer, client_id, m
         )
         if e.issuer == sandbox.fhir_base("gp")
         else e
-        for e in config.ehrs
+        for e in settings.ehrs
     )
-    patched = replace(config, ehrs=ehrs)
-    viewer.config = viewer.tokens.config = patched
+    viewer.settings = viewer.tokens.settings = replace(settings, ehrs=ehrs)
     try:
         resp = scripted(http, sandbox)
     finally:
-        viewer.config = viewer.tokens.config = config
+        viewer.settings = viewer.tokens.settings = settings
     assert resp.status_code == 200, resp.text
     assert launch_tokens(sandbox, "access_token")[0].client_id == client_id
 
@@ -525,15 +524,15 @@ def test_support_contact_on_every_error_page(http, sandbox):
 
 def test_unregistered_redirect_uri_never_comes_back(http, sandbox, viewer):
     """If the viewer's redirect URI is not registered, the EHR must stop the flow on its own page."""
-    config = viewer.config
-    viewer.config = replace(config, viewer=replace(config.viewer, base_url="http://127.0.0.1:9"))
+    settings = viewer.settings
+    viewer.settings = replace(settings, base_url="http://127.0.0.1:9")
     try:
         to_viewer = http.get(
             f"{sandbox.sandbox_url}/ehr/launch", params={"user": "dr-patel", "patient": MARGARET}, allow_redirects=False
         )
         to_authorize = http.get(to_viewer.headers["Location"], allow_redirects=False)
     finally:
-        viewer.config = config
+        viewer.settings = settings
     assert q(to_authorize.headers["Location"])["redirect_uri"] == "http://127.0.0.1:9/callback"
     refused = http.get(to_authorize.headers["Location"], allow_redirects=False)
     assert refused.status_code == 400 and "Location" not in refused.headers

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
 
-from app.record.nhs_number import format_nhs_number
+from core.nhs_number import format_nhs_number
 
 MARGARET = "9991000372"  # gp, hospital, community, council; conflicts and trends
 DAVID = "9991002596"  # demographic mismatch between gp and hospital

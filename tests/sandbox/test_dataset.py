@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
 
-from app.record.nhs_number import NHS_NUMBER_SYSTEM, is_test_range, is_valid
+from core.nhs_number import NHS_NUMBER_SYSTEM, is_test_range, is_valid
 from sandbox.dataset import (
     HOSPITAL_CLASSES,
     SYNTHEA_SKIPPED_TYPES,

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from app.record.nhs_number import format_nhs_number
+from core.nhs_number import format_nhs_number
 from tests.smart import SandboxClient, query
 
 STAFF_IDS = {

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from app.record.nhs_number import NHS_NUMBER_SYSTEM
+from core.nhs_number import NHS_NUMBER_SYSTEM
 from tests.smart import SandboxClient
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
 
-from app.record.nhs_number import NHS_NUMBER_SYSTEM, is_valid
+from core.nhs_number import NHS_NUMBER_SYSTEM, is_valid
 
 FIXTURES = Path(__file__).resolve().parents[2] / "sandbox" / "fixtures" / "uk"
 ORGS = {"gp": "Y01001", "hospital": "RX9", "community": "RY8", "council": "L90001"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from app.identifiers import NHS_NUMBER_SYSTEM  # noqa: F401 - re-exported for callers
+from core.identifiers import NHS_NUMBER_SYSTEM  # noqa: F401 - re-exported for callers
 
 WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
 _SEPARATORS = re.compile(r"[\s-]")

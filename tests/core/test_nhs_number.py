@@ -1,8 +1,7 @@
 """NHS number rules (Modulus 11) against known valid and invalid numbers."""
 
 import pytest
-
-from app.record.nhs_number import check_digit, format_nhs_number, from_identifiers, is_test_range, is_valid
+from core.nhs_number import check_digit, format_nhs_number, from_identifiers, is_test_range, is_valid
 
 
 @pytest.mark.parametrize("number", ["9434765919", "943 476 5919", "943-476-5919", "4010232137", "9990000018"])
