@@ -102,8 +102,6 @@ def _install_governance(app: Flask, config: Config, store, tokens) -> None:
     training = TrainingRegister(audit_store, access_conf.pop("training", []))
     try:
         audit_store.create_schema()
-        alerts.create_schema()
-        training.create_schema()
     except (AuditUnavailable, Exception) as exc:  # noqa: BLE001 - start anyway; every access will be refused
         log.error("audit store unavailable at start (%s): records will not be shown until it is back", exc)
     trail = AuditTrail(audit_store, observer=config.viewer.base_url)
