@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 SEKMET := .venv-sekmet/.installed-stamp
 export SCR_CONFIG ?= sandbox/config.toml
 
-.PHONY: run test lint install clean migrate
+.PHONY: run test test-fast lint install clean migrate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ run: $(STAMP)
 test: $(STAMP) $(SEKMET)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The fast lane: lint, then unit and in-process tests only (no servers, browsers, PostgreSQL or Redis;
+## tests/conftest.py marks the others `integration`). Under 30 s.
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 ## Apply database migrations (SCR_DATABASE_URL for PostgreSQL; otherwise the SQLite file in the config).
 migrate: $(STAMP)

@@ -1,9 +1,12 @@
-"""The shared care record viewer (Flask application package)."""
+"""The shared care record viewer (Flask application package).
+
+``create_app`` is a list of installs, lowest layer first: state, the SMART client, the audit trail, the
+record, access, the pipeline that orders them, then the pages and operations.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import uuid
@@ -12,124 +15,49 @@ from pathlib import Path
 from flask import Flask, g, render_template, request, session
 
 from .config import Config, load_config
+from .record.catalogue import CATALOGUE, EXPORT_AUDIENCE, Catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
-def create_app(config: Config | None = None) -> Flask:
-    """Application factory: one app per process, configured from ``SCR_CONFIG`` unless given a Config."""
+def create_app(config: Config | None = None, catalogue: Catalogue = CATALOGUE) -> Flask:
+    """Application factory: one app per process, configured from ``SCR_CONFIG`` unless given a Config.
+    ``catalogue``: the record sections (tests pass their own to prove everything is derived from it)."""
+    import core.state
+    import launch
+
+    from . import access, audit, observability, record, security, views
+    from .pipeline import RecordPipeline
+    from .services import Services, install, services
+
     config = config or load_config()
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.config["SCR"] = config
     app.secret_key = config.viewer.secret_key or secrets.token_bytes(32)
 
-    from core.state.redis import RedisStore
-    from core.state.session import ServerSessionInterface
-    from core.state.store import MemoryStore
-    from launch.backend import BackendTokens
-    from launch.context import ContextStore
-    from launch.discovery import Discovery
-    from launch.flow import LaunchServices
-    from launch.keys import load_keyset
-    from launch.tokens import TokenManager
-    from launch.views import bp as launch_bp
-
-    from .record.service import RecordService
-
-    # Keys load (in development: are created) now, so a missing key fails at start, not mid-launch.
-    keyset = load_keyset(config.viewer.keys_file, generate=config.viewer.generate_dev_keys)
-    redis_url = os.environ.get("REDIS_URL") or config.raw.get("state", {}).get("redis_url") or ""
-    store = RedisStore(redis_url) if redis_url else MemoryStore()
-    discovery = Discovery()
-    from launch.registration import ClientSettings
-
-    from .record.fetch import FETCH_TYPES
-
-    settings = ClientSettings(config.viewer.base_url, config.ehrs, FETCH_TYPES)
-    tokens = TokenManager(store, settings, keyset)
-    app.session_interface = ServerSessionInterface(store)
-    app.extensions["launch"] = LaunchServices(
-        settings=settings,
-        store=store,
-        discovery=discovery,
-        tokens=tokens,
-        contexts=ContextStore(store),
-        keyset=keyset,
+    redis_url = config.state.redis_url
+    store = core.state.init_app(app, redis_url, config.state.key_prefix)
+    settings = launch.ClientSettings(config.viewer.base_url, config.ehrs, catalogue.fetch_types)
+    smart = launch.init_app(app, settings, store, config.viewer.keys_file, config.viewer.generate_dev_keys)
+    audit_store, trail, alerts = audit.init_app(app, config)
+    records = record.init_app(config, catalogue, smart, shared=store if redis_url else None)
+    audiences = {**catalogue.audiences(), "export": EXPORT_AUDIENCE}
+    governance, training = access.init_app(config, audiences, store, audit_store, trail, alerts, smart.tokens)
+    pipeline = RecordPipeline(records, governance, trail, catalogue)
+    smart.on_launch = pipeline.launch_completed
+    install(
+        app,
+        Services(config, catalogue, store, smart, audit_store, trail, alerts, training, records, governance, pipeline),
     )
-    app.extensions["record"] = RecordService(
-        config, tokens, BackendTokens(store, discovery, keyset), shared=store if redis_url else None
-    )
-    app.extensions["state_store"] = store
-    _install_governance(app, config, store, tokens)
-    app.register_blueprint(launch_bp)
-
-    from .observability import install_operations
-    from .security import install_security_headers
-    from .views import register_views
-
-    register_views(app)
-    install_operations(app)
-    install_security_headers(app)
+    views.init_app(app, catalogue)
+    observability.install_operations(app, audit_store=lambda: services(app).audit_store, state_store=lambda: store)
+    security.install_security_headers(app)
     _install_template_helpers(app)
     _install_request_ids(app)
     _install_error_pages(app)
     return app
-
-
-def _install_governance(app: Flask, config: Config, store, tokens) -> None:
-    """Audit trail, alerts, training register and the access service, sharing one database."""
-    from app.access.policy import AccessRules
-    from app.access.service import AccessService
-    from app.access.training import TrainingRegister
-    from app.audit.alerts import AlertBox, WebhookDeliverer
-    from app.audit.cli import audit_cli
-    from app.audit.store import AuditStore, AuditUnavailable, database_url
-    from app.audit.trail import AuditTrail
-    from app.config import resolve_path
-
-    audit_conf = config.raw.get("audit", {})
-    url = database_url(
-        audit_conf.get("database_url") or None,
-        resolve_path(config.path.parent, audit_conf.get("sqlite_path", "../var/audit.sqlite3")),
-    )
-    audit_store = AuditStore(url)
-    alerts = AlertBox(
-        audit_store, [WebhookDeliverer(u) for u in config.raw.get("alerts", {}).get("webhook_urls", []) if u]
-    )
-    access_conf = dict(config.raw.get("access", {}))
-    training = TrainingRegister(audit_store, access_conf.pop("training", []))
-    try:
-        audit_store.create_schema()
-    except (AuditUnavailable, Exception) as exc:  # noqa: BLE001 - start anyway; every access will be refused
-        log.error("audit store unavailable at start (%s): records will not be shown until it is back", exc)
-    trail = AuditTrail(audit_store, observer=config.viewer.base_url)
-    app.extensions.update(
-        audit_store=audit_store,
-        audit=trail,
-        alerts=alerts,
-        training=training,
-        access=AccessService(AccessRules.from_config(access_conf), store, trail, alerts, training, tokens),
-    )
-    app.cli.add_command(audit_cli)
-
-    def on_launch(ctx, request_id: str) -> None:
-        """Audit the launch, then start gathering the record before the browser asks for it."""
-        trail.record(
-            "launch",
-            request_id=request_id,
-            ctx=ctx,
-            description=f"launch from {ctx.ehr_name}",
-            details={"standalone": ctx.standalone, "scope": ctx.scope},
-        )
-
-        access = app.extensions["access"]
-        app.extensions["record"].start_early(
-            ctx, request_id, then=lambda entry: access.prepare(ctx, entry.nhs_number, request_id)
-        )
-
-    app.extensions["launch"].on_launch = on_launch
 
 
 def _install_template_helpers(app: Flask) -> None:
@@ -150,7 +78,7 @@ def _install_request_ids(app: Flask) -> None:
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else str(uuid.uuid4())
         if getattr(session, "unavailable", False):
-            from core.state.store import StoreUnavailable
+            from core.state import StoreUnavailable
 
             raise StoreUnavailable("the session store could not be read")
 
@@ -162,13 +90,10 @@ def _install_request_ids(app: Flask) -> None:
 
 def _install_error_pages(app: Flask) -> None:
     from app.audit.store import AuditUnavailable
+    from core.state import StoreUnavailable
     from launch.errors import LaunchError
 
-    from .views.gate import Interrupt
-
-    @app.errorhandler(Interrupt)
-    def _interrupt(exc: Interrupt):
-        return exc.response
+    from .services import services
 
     @app.errorhandler(AuditUnavailable)
     def _audit_down(exc: AuditUnavailable):
@@ -183,8 +108,6 @@ def _install_error_pages(app: Flask) -> None:
             ),
             request_id=g.get("request_id"),
         ), 503
-
-    from core.state.store import StoreUnavailable
 
     @app.errorhandler(StoreUnavailable)
     def _store_down(exc: StoreUnavailable):
@@ -204,10 +127,10 @@ def _install_error_pages(app: Flask) -> None:
     def _launch_error(err: LaunchError):
         log.warning("request %s: %s: %s", g.get("request_id"), err.audit_code, err.detail)
         try:
-            app.extensions["audit"].record(
+            services(app).audit.record(
                 "refusal" if err.status < 500 else "error",
                 request_id=g.get("request_id", ""),
-                user={},
+                user=None,
                 outcome="minor-failure" if err.status < 500 else "serious-failure",
                 description=f"{err.audit_code}: {err.detail}"[:1000],
             )

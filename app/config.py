@@ -1,17 +1,25 @@
 """Typed settings loaded from one TOML file (``SCR_CONFIG``) plus environment variables.
 
 The TOML file describes *what* the viewer talks to (registered host EHRs, the organisations' FHIR
-sources); environment variables carry secrets and service URLs. Any string in the file may refer to
-the environment as ``${NAME}`` or ``${NAME:-default}``, so one file serves a laptop, CI (random ports)
-and production without edits.
+sources, the audit database, alert destinations, access rules); environment variables carry secrets and
+service URLs. Any string in the file may refer to the environment as ``${NAME}`` or ``${NAME:-default}``,
+so one file serves a laptop, CI (random ports) and production without edits.
+
+Every table is declared once in ``SCHEMA`` (its keys, their types and defaults); one generic validator,
+``check_table``, applies it: an unknown table or key, a wrong type or a missing required key is a
+``ConfigError`` naming the file, the table and the key. ``ACCEPTED_KEYS`` lists what each table accepts
+(docs/configuration.md is tested against it). The ``[sandbox]`` table belongs to the sandbox
+(``sandbox/settings.py`` validates it with the same machinery); the viewer only knows it is there.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +32,334 @@ CLIENT_AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "none")
 SOURCE_AUTH_METHODS = ("backend_services", "none")
 SOURCE_KINDS = ("gp", "acute", "community", "mental_health", "community_mental_health", "social_care")
 SIGNING_ALGS = ("RS384", "ES384")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class ConfigError(ValueError):
     """The configuration file is missing, malformed or inconsistent."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The schema: what each table accepts. One generic validator applies it.
+
+REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()
+
+STRING, BOOLEAN, INTEGER, NUMBER, STRINGS, DATE, TABLE = (
+    "string",
+    "boolean",
+    "integer",
+    "number",
+    "strings",
+    "date",
+    "table",
+)
+_EXPECTED = {
+    STRING: "must be a string",
+    BOOLEAN: "must be true or false",
+    INTEGER: "must be an integer",
+    NUMBER: "must be a number",
+    STRINGS: "must be a list of strings",
+    DATE: "must be a date written YYYY-MM-DD",
+    TABLE: "must be a table",
+}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a table: its TOML type, its default (``REQUIRED`` when it must be given), the values it
+    may take, and an optional check returning what is wrong (e.g. ``"must be at least 1"``) or None."""
+
+    type: str
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], str | None] | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table (``[name]``) or an array of tables (``[[name]]``); ``name`` is the dotted TOML name.
+
+    ``label`` names the keys that identify an entry of an array in messages; ``tables`` are the tables
+    nested inside this one (their key is the last part of their name)."""
+
+    name: str
+    keys: Mapping[str, Key]
+    array: bool = False
+    label: tuple[str, ...] = ()
+    tables: tuple[Table, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.name.rsplit(".", 1)[-1]
+
+    @property
+    def header(self) -> str:
+        return f"[[{self.name}]]" if self.array else f"[{self.name}]"
+
+    def walk(self) -> list[Table]:
+        """This table and every table nested in it."""
+        return [self, *(t for sub in self.tables for t in sub.walk())]
+
+
+def absolute_url(value: Any) -> str | None:
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return f"must be an absolute http(s) URL, got {v!r}"
+    return None
+
+
+def at_least(minimum: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= minimum else f"must be at least {minimum:g}"
+
+
+def more_than(minimum: float, maximum: float, unit: str = "") -> Callable[[Any], str | None]:
+    return lambda v: None if minimum < v <= maximum else f"must be between {minimum:g} and {maximum:g}{unit}"
+
+
+def redis_url(value: Any) -> str | None:
+    if value and urlsplit(value).scheme not in REDIS_SCHEMES:
+        return f"must be a redis://, rediss:// or unix:// URL, got {value!r}"
+    return None
+
+
+def not_empty(value: Any) -> str | None:
+    return None if value else "must not be empty"
+
+
+# The [access] defaults (the same as app.access.policy.DEFAULTS; a test keeps the two equal).
+ACCESS_DEFAULTS: dict[str, Any] = {
+    "view_summary": ("B0370", "B0401"),
+    "view_detailed": ("B0360",),
+    "emergency_access": ("B0168",),
+    "legal_override": ("B0082",),
+    "sensitive_records": ("B1611",),
+    "privacy_officer_roles": ("R0001", "R5105"),
+    "privacy_officer_activities": ("B0015", "B0016"),
+    "admin_roles": ("R8006", "R8008", "R8009", "R8010"),
+    "reason_codes": ("TREAT", "COC", "ETREAT"),
+    "break_glass_minutes": 30,
+    "break_glass_min_justification": 25,
+    "sensitive_labels": (
+        "R",
+        "V",
+        "HIV",
+        "STD",
+        "SEX",
+        "PSY",
+        "MH",
+        "BH",
+        "ETH",
+        "SUD",
+        "SDV",
+        "SPI",
+        "GDIS",
+        "PREGNANT",
+    ),
+    "sensitive_codes": (),
+}
+_ACCESS_CHECKS = {"break_glass_minutes": at_least(1), "break_glass_min_justification": at_least(0)}
+
+VIEWER = Table(
+    "viewer",
+    {
+        "base_url": Key(STRING, REQUIRED, check=absolute_url),
+        "keys_file": Key(STRING, "../var/keys/viewer.jwks.json"),
+        "generate_dev_keys": Key(BOOLEAN, False),
+        "secret_key_env": Key(STRING, "SCR_SECRET_KEY"),
+        "support_email": Key(STRING, ""),
+        "support_phone": Key(STRING, ""),
+    },
+)
+EHR = Table(
+    "ehr",
+    {
+        "name": Key(STRING),  # default: the issuer
+        "issuer": Key(STRING, REQUIRED, check=absolute_url),
+        "client_id": Key(STRING, REQUIRED),
+        "client_auth": Key(STRING, "private_key_jwt", choices=CLIENT_AUTH_METHODS),
+        "signing_alg": Key(STRING, "RS384", choices=SIGNING_ALGS),
+        "client_secret_env": Key(STRING),
+        "standalone": Key(BOOLEAN, False),
+        "frame_origins": Key(STRINGS, check=absolute_url),  # default: the issuer's origin
+        "id_token_issuer": Key(STRING, check=absolute_url),
+    },
+    array=True,
+    label=("name", "issuer"),
+)
+SOURCE = Table(
+    "source",
+    {
+        "id": Key(STRING, REQUIRED),
+        "name": Key(STRING, REQUIRED),
+        "ods_code": Key(STRING, REQUIRED),
+        "kind": Key(STRING, REQUIRED, choices=SOURCE_KINDS),
+        "base_url": Key(STRING, REQUIRED, check=absolute_url),
+        "auth": Key(STRING, "backend_services", choices=SOURCE_AUTH_METHODS),
+        "client_id": Key(STRING),
+        "scopes": Key(STRING, "system/*.rs"),
+        "signing_alg": Key(STRING, "RS384", choices=SIGNING_ALGS),
+        "timeout": Key(NUMBER, 5.0, check=more_than(0, 120, " seconds")),
+    },
+    array=True,
+    label=("id",),
+)
+STATE = Table(
+    "state",
+    {
+        "redis_url": Key(STRING, "", check=redis_url),
+        "key_prefix": Key(STRING, "scr:", check=not_empty),
+    },
+)
+AUDIT = Table(
+    "audit",
+    {
+        "database_url": Key(STRING, ""),
+        "sqlite_path": Key(STRING, "../var/audit.sqlite3", check=not_empty),
+    },
+)
+ALERTS = Table(
+    "alerts",
+    {
+        "webhook_urls": Key(STRINGS, ()),  # empty strings are dropped, the rest must be http(s) URLs
+        "timeout": Key(NUMBER, 3.0, check=more_than(0, 120, " seconds")),
+        "max_attempts": Key(INTEGER, 6, check=at_least(1)),
+        "retry_seconds": Key(NUMBER, 5.0, check=at_least(0)),
+    },
+)
+TRAINING = Table(
+    "access.training",
+    {"sds_user_id": Key(STRING, REQUIRED), "completed": Key(DATE, REQUIRED)},
+    array=True,
+    label=("sds_user_id",),
+)
+ACCESS = Table(
+    "access",
+    {
+        k: Key(INTEGER if isinstance(v, int) else STRINGS, v, check=_ACCESS_CHECKS.get(k))
+        for k, v in ACCESS_DEFAULTS.items()
+    },
+    tables=(TRAINING,),
+)
+
+SCHEMA: dict[str, Table] = {t.name: t for t in (VIEWER, EHR, SOURCE, STATE, AUDIT, ALERTS, ACCESS)}
+# Top-level tables that are not the viewer's: accepted, left to their owner (sandbox/settings.py).
+FOREIGN_TABLES = ("sandbox",)
+
+
+def accepted_keys(tables: Mapping[str, Table]) -> dict[str, set[str]]:
+    """Every table (dotted name, nested ones included) → the keys it accepts (nested tables excluded)."""
+    return {t.name: set(t.keys) for top in tables.values() for t in top.walk()}
+
+
+def all_tables(tables: Mapping[str, Table]) -> dict[str, Table]:
+    return {t.name: t for top in tables.values() for t in top.walk()}
+
+
+ACCEPTED_KEYS: dict[str, set[str]] = accepted_keys(SCHEMA)
+
+
+def check_table(value: Any, table: Table, file: str, within: str = "") -> Any:
+    """Validate one table (a dict) or array of tables (a list of dicts) against its schema.
+
+    Returns plain dicts with every key present: given values converted (lists of strings → tuples,
+    numbers → float, dates → "YYYY-MM-DD"), missing ones set to their defaults.
+    """
+    suffix = f" (in {within})" if within else ""
+    if table.array:
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+            raise ConfigError(f"{file}: {table.header}{suffix} must be an array of tables (write {table.header})")
+        return [_check_entry(e, table, file, _entry_where(table, e, i) + suffix) for i, e in enumerate(value, 1)]
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{file}: {table.header}{suffix} must be a table")
+    return _check_entry(value, table, file, table.header + suffix, within)
+
+
+def _entry_where(table: Table, entry: Mapping[str, Any], index: int) -> str:
+    label = next((entry[k] for k in table.label if isinstance(entry.get(k), str) and entry[k]), None)
+    return f"{table.header} {label!r}" if label else f"{table.header} #{index}"
+
+
+def _check_entry(d: Mapping[str, Any], table: Table, file: str, where: str, within: str = "") -> dict[str, Any]:
+    nested = {t.key: t for t in table.tables}
+    inner = where if table.array else within
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in table.keys:
+            out[key] = _check_value(value, table.keys[key], key, file, where)
+        elif key in nested:
+            out[key] = check_table(value, nested[key], file, inner)
+        else:
+            known = [*table.keys, *nested]
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (accepted: {', '.join(known)})"
+            raise ConfigError(f"{file}: {where} unknown key '{key}'{hint}")
+    for key, spec in table.keys.items():
+        if key not in out:
+            if spec.default is REQUIRED:
+                raise ConfigError(f"{file}: {where} '{key}' is required")
+            out[key] = spec.default
+    for key, sub in nested.items():
+        if key not in out:
+            out[key] = check_table(None, sub, file, inner)
+    return out
+
+
+def _check_value(value: Any, spec: Key, key: str, file: str, where: str) -> Any:
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(f"{file}: {where} {key} {problem}")
+
+    kind = spec.type
+    if kind == STRING:
+        if not isinstance(value, str):
+            raise fail(_EXPECTED[kind])
+        if spec.default is REQUIRED and not value:
+            raise ConfigError(f"{file}: {where} '{key}' is required")
+    elif kind == BOOLEAN:
+        if not isinstance(value, bool):
+            raise fail(_EXPECTED[kind])
+    elif kind == INTEGER:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise fail(_EXPECTED[kind])
+    elif kind == NUMBER:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise fail(_EXPECTED[kind])
+        value = float(value)
+    elif kind == STRINGS:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail(_EXPECTED[kind])
+        value = tuple(value)
+    elif kind == DATE:
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            value = value.isoformat()
+        if not isinstance(value, str) or not _DATE.match(value):
+            raise fail(_EXPECTED[kind])
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            raise fail(f"is not a real date: {value!r}") from None
+    elif kind == TABLE:
+        if not isinstance(value, dict):
+            raise fail(_EXPECTED[kind])
+    else:  # pragma: no cover - a schema mistake
+        raise AssertionError(f"unknown key type {kind}")
+    if spec.choices and value not in spec.choices:
+        raise fail(f"must be one of {', '.join(spec.choices)}")
+    if spec.check and (problem := spec.check(value)):
+        raise fail(problem)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The typed settings.
 
 
 @dataclass(frozen=True)
@@ -43,10 +373,67 @@ class ViewerSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """Where sessions, OAuth state, launch contexts and tokens live: Redis when ``redis_url`` is set."""
+
+    redis_url: str = ""  # "" → in-process memory (one process only)
+    key_prefix: str = "scr:"  # every Redis key starts with it
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    database_url: str | None = None
+    sqlite_path: Path = field(default_factory=lambda: (DEFAULT_CONFIG.parent / "../var/audit.sqlite3").resolve())
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL of the audit database: ``database_url``, else the SQLite file."""
+        return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    webhook_urls: tuple[str, ...] = ()
+    timeout: float = 3.0  # seconds per delivery attempt
+    max_attempts: int = 6  # deliveries tried before an alert is left undelivered
+    retry_seconds: float = 5.0  # wait before the first retry
+
+
+@dataclass(frozen=True)
+class TrainingAttestation:
+    sds_user_id: str
+    completed: str  # YYYY-MM-DD
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """The ``[access]`` rules (see app/access/policy.py): activity and role codes per capability."""
+
+    view_summary: frozenset[str]
+    view_detailed: frozenset[str]
+    emergency_access: frozenset[str]
+    legal_override: frozenset[str]
+    sensitive_records: frozenset[str]
+    privacy_officer_roles: frozenset[str]
+    privacy_officer_activities: frozenset[str]
+    admin_roles: frozenset[str]
+    reason_codes: tuple[str, ...]  # in the order the reason form offers them
+    break_glass_minutes: int
+    break_glass_min_justification: int
+    sensitive_labels: frozenset[str]
+    sensitive_codes: frozenset[str]
+    training: tuple[TrainingAttestation, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     viewer: ViewerSettings
     ehrs: tuple[EhrRegistration, ...]
     sources: tuple[Source, ...]
+    state: StateSettings
+    audit: AuditSettings
+    alerts: AlertSettings
+    access: AccessSettings
     path: Path
     raw: Mapping[str, Any] = field(repr=False)
 
@@ -58,7 +445,11 @@ class Config:
         return next((s for s in self.sources if s.id == source_id), None)
 
 
-def expand(value: Any, env: Mapping[str, str]) -> Any:
+# ---------------------------------------------------------------------------------------------------------
+# Loading.
+
+
+def expand(value: Any, env: Mapping[str, str], where: str = "") -> Any:
     """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed TOML tree."""
     if isinstance(value, str):
 
@@ -67,15 +458,24 @@ def expand(value: Any, env: Mapping[str, str]) -> Any:
             if name in env and env[name] != "":
                 return env[name]
             if default is None:
-                raise ConfigError(f"environment variable {name} is not set and has no default")
+                at = f"{where}: " if where else ""
+                raise ConfigError(f"{at}environment variable {name} is not set and has no default")
             return default
 
         return _VAR.sub(sub, value)
     if isinstance(value, list):
-        return [expand(v, env) for v in value]
+        return [expand(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: expand(v, env) for k, v in value.items()}
+        return {k: expand(v, env, f"{where}.{k}" if where else k) for k, v in value.items()}
     return value
+
+
+def display_path(path: Path) -> str:
+    """The file as an operator would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def read_toml(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
@@ -85,21 +485,48 @@ def read_toml(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise ConfigError(f"configuration file not found: {path}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return expand(data, env)
+        raise ConfigError(f"{display_path(path)}: not valid TOML: {exc}") from exc
+    try:
+        return expand(data, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{display_path(path)}: {exc}") from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Load and validate the configuration; ``path`` defaults to ``$SCR_CONFIG`` then the sandbox's."""
     env = os.environ if env is None else env
     path = Path(path or env.get("SCR_CONFIG") or DEFAULT_CONFIG).resolve()
+    file = display_path(path)
     data = read_toml(path, env)
-    viewer = _viewer(data.get("viewer", {}), path.parent, env)
-    ehrs = tuple(_ehr(e, env) for e in data.get("ehr", []))
-    sources = tuple(_source(s) for s in data.get("source", []))
-    _unique("ehr issuer", [e.issuer for e in ehrs])
-    _unique("source id", [s.id for s in sources])
-    return Config(viewer=viewer, ehrs=ehrs, sources=sources, path=path, raw=data)
+    for name, value in data.items():
+        if name in SCHEMA or name in FOREIGN_TABLES:
+            continue
+        if not isinstance(value, dict | list):
+            raise ConfigError(f"{file}: unknown top-level key '{name}' (every key belongs in a table)")
+        known = {**{t.name: t.header for t in SCHEMA.values()}, **{t: f"[{t}]" for t in FOREIGN_TABLES}}
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" (did you mean {known[close[0]]}?)" if close else f" (accepted: {', '.join(known.values())})"
+        header = f"[[{name}]]" if isinstance(value, list) else f"[{name}]"
+        raise ConfigError(f"{file}: unknown table {header}{hint}")
+    v = {name: check_table(data.get(name), table, file) for name, table in SCHEMA.items()}
+    ehrs = tuple(_ehr(e, env, file) for e in v["ehr"])
+    sources = tuple(_source(s, file) for s in v["source"])
+    _unique(file, "ehr issuer", [e.issuer for e in ehrs])
+    _unique(file, "source id", [s.id for s in sources])
+    return Config(
+        viewer=_viewer(v["viewer"], path.parent, env),
+        ehrs=ehrs,
+        sources=sources,
+        state=_state(v["state"], env, file),
+        audit=AuditSettings(
+            database_url=v["audit"]["database_url"] or None,
+            sqlite_path=resolve_path(path.parent, v["audit"]["sqlite_path"]),
+        ),
+        alerts=_alerts(v["alerts"], file),
+        access=_access(v["access"]),
+        path=path,
+        raw=data,
+    )
 
 
 def resolve_path(base_dir: Path, value: str) -> Path:
@@ -114,89 +541,80 @@ def origin_of(url: str) -> str:
 
 
 def _viewer(d: Mapping[str, Any], base_dir: Path, env: Mapping[str, str]) -> ViewerSettings:
-    base_url = _url(d, "base_url", "viewer")
     return ViewerSettings(
-        base_url=base_url.rstrip("/"),
-        keys_file=resolve_path(base_dir, d.get("keys_file", "../var/keys/viewer.jwks.json")),
-        generate_dev_keys=bool(d.get("generate_dev_keys", False)),
-        secret_key=env.get(d.get("secret_key_env", "SCR_SECRET_KEY")) or None,
-        support_email=d.get("support_email", ""),
-        support_phone=d.get("support_phone", ""),
+        base_url=d["base_url"].rstrip("/"),
+        keys_file=resolve_path(base_dir, d["keys_file"]),
+        generate_dev_keys=d["generate_dev_keys"],
+        secret_key=env.get(d["secret_key_env"]) or None,
+        support_email=d["support_email"],
+        support_phone=d["support_phone"],
     )
 
 
-def _ehr(d: Mapping[str, Any], env: Mapping[str, str]) -> EhrRegistration:
-    where = f"[[ehr]] {d.get('name', d.get('issuer', '?'))}"
-    auth = d.get("client_auth", "private_key_jwt")
-    if auth not in CLIENT_AUTH_METHODS:
-        raise ConfigError(f"{where}: client_auth must be one of {', '.join(CLIENT_AUTH_METHODS)}")
-    alg = d.get("signing_alg", "RS384")
-    if alg not in SIGNING_ALGS:
-        raise ConfigError(f"{where}: signing_alg must be one of {', '.join(SIGNING_ALGS)}")
+def _ehr(d: Mapping[str, Any], env: Mapping[str, str], file: str) -> EhrRegistration:
+    issuer = d["issuer"].rstrip("/")
+    where = f"{file}: [[ehr]] {d['name'] or issuer!r}"
     secret = None
-    if auth == "client_secret_basic":
-        secret_env = d.get("client_secret_env")
-        secret = env.get(secret_env) if secret_env else None
+    if d["client_auth"] == "client_secret_basic":
+        secret = env.get(d["client_secret_env"]) if d["client_secret_env"] else None
         if not secret:
-            raise ConfigError(f"{where}: client_secret_basic needs client_secret_env naming a set variable")
-    issuer = _url(d, "issuer", where).rstrip("/")
-    frames = tuple(d.get("frame_origins", [origin_of(issuer)]))
+            raise ConfigError(f"{where} client_secret_basic needs client_secret_env naming a set variable")
     return EhrRegistration(
-        name=d.get("name", issuer),
+        name=d["name"] or issuer,
         issuer=issuer,
-        client_id=_required(d, "client_id", where),
-        client_auth=auth,
-        signing_alg=alg,
+        client_id=d["client_id"],
+        client_auth=d["client_auth"],
+        signing_alg=d["signing_alg"],
         client_secret=secret,
-        standalone=bool(d.get("standalone", False)),
-        frame_origins=frames,
-        id_token_issuer=d.get("id_token_issuer"),
+        standalone=d["standalone"],
+        frame_origins=d["frame_origins"] if d["frame_origins"] is not None else (origin_of(issuer),),
+        id_token_issuer=d["id_token_issuer"],
     )
 
 
-def _source(d: Mapping[str, Any]) -> Source:
-    where = f"[[source]] {d.get('id', '?')}"
-    kind = _required(d, "kind", where)
-    if kind not in SOURCE_KINDS:
-        raise ConfigError(f"{where}: kind must be one of {', '.join(SOURCE_KINDS)}")
-    auth = d.get("auth", "backend_services")
-    if auth not in SOURCE_AUTH_METHODS:
-        raise ConfigError(f"{where}: auth must be one of {', '.join(SOURCE_AUTH_METHODS)}")
-    if auth == "backend_services" and not d.get("client_id"):
-        raise ConfigError(f"{where}: backend_services needs a client_id")
-    timeout = float(d.get("timeout", 5.0))
-    if not 0 < timeout <= 120:
-        raise ConfigError(f"{where}: timeout must be between 0 and 120 seconds")
+def _source(d: Mapping[str, Any], file: str) -> Source:
+    if d["auth"] == "backend_services" and not d["client_id"]:
+        raise ConfigError(f"{file}: [[source]] {d['id']!r} backend_services needs a client_id")
     return Source(
-        id=_required(d, "id", where),
-        name=_required(d, "name", where),
-        ods_code=_required(d, "ods_code", where),
-        kind=kind,
-        base_url=_url(d, "base_url", where).rstrip("/"),
-        auth=auth,
-        client_id=d.get("client_id"),
-        scopes=d.get("scopes", "system/*.rs"),
-        signing_alg=d.get("signing_alg", "RS384"),
-        timeout=timeout,
+        id=d["id"],
+        name=d["name"],
+        ods_code=d["ods_code"],
+        kind=d["kind"],
+        base_url=d["base_url"].rstrip("/"),
+        auth=d["auth"],
+        client_id=d["client_id"],
+        scopes=d["scopes"],
+        signing_alg=d["signing_alg"],
+        timeout=d["timeout"],
     )
 
 
-def _required(d: Mapping[str, Any], key: str, where: str) -> str:
-    value = d.get(key)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: '{key}' is required")
-    return value
+def _state(d: Mapping[str, Any], env: Mapping[str, str], file: str) -> StateSettings:
+    """``REDIS_URL`` and ``SCR_REDIS_PREFIX`` in the environment win over the file."""
+    url = env.get("REDIS_URL") or d["redis_url"]
+    if problem := redis_url(url):
+        raise ConfigError(f"{file}: [state] redis_url (or REDIS_URL) {problem}")
+    return StateSettings(redis_url=url, key_prefix=env.get("SCR_REDIS_PREFIX") or d["key_prefix"])
 
 
-def _url(d: Mapping[str, Any], key: str, where: str) -> str:
-    value = _required(d, key, where)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{where}: '{key}' must be an absolute http(s) URL, got {value!r}")
-    return value
+def _alerts(d: Mapping[str, Any], file: str) -> AlertSettings:
+    urls = tuple(u for u in d["webhook_urls"] if u)
+    if problem := absolute_url(urls):
+        raise ConfigError(f"{file}: [alerts] webhook_urls {problem}")
+    return AlertSettings(
+        webhook_urls=urls, timeout=d["timeout"], max_attempts=d["max_attempts"], retry_seconds=d["retry_seconds"]
+    )
 
 
-def _unique(what: str, values: list[str]) -> None:
+def _access(d: Mapping[str, Any]) -> AccessSettings:
+    values = {
+        k: d[k] if k == "reason_codes" or isinstance(d[k], int) else frozenset(d[k]) for k in ACCESS_DEFAULTS
+    }
+    training = tuple(TrainingAttestation(t["sds_user_id"], t["completed"]) for t in d["training"])
+    return AccessSettings(**values, training=training)
+
+
+def _unique(file: str, what: str, values: list[str]) -> None:
     dupes = {v for v in values if values.count(v) > 1}
     if dupes:
-        raise ConfigError(f"duplicate {what}: {', '.join(sorted(dupes))}")
+        raise ConfigError(f"{file}: duplicate {what}: {', '.join(sorted(dupes))}")

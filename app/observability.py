@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -79,7 +81,9 @@ def configure_logging(json_logs: bool) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
-def install_operations(app: Flask) -> None:
+def install_operations(app: Flask, audit_store: Callable[[], Any], state_store: Callable[[], Any]) -> None:
+    """``audit_store``/``state_store`` return the stores /readyz checks (read at each check, so a test can
+    swap one)."""
     @app.before_request
     def _start_timer():
         g.started = time.perf_counter()
@@ -102,13 +106,12 @@ def install_operations(app: Flask) -> None:
         """Ready for traffic: configuration loaded, audit store and shared state reachable."""
         checks = {"config": bool(app.config.get("SCR"))}
         try:
-            store = app.extensions["audit_store"]
-            with store.engine.connect() as conn:
+            with audit_store().engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
             checks["audit_store"] = True
         except Exception:  # noqa: BLE001 - any failure means not ready
             checks["audit_store"] = False
-        state = app.extensions.get("state_store")
+        state = state_store()
         if hasattr(state, "ping"):
             checks["redis"] = state.ping()
         ready = all(checks.values())

@@ -9,7 +9,7 @@ sandbox``), as in production where they are other machines, and the viewer in th
 its record service), both on free loopback ports with the TCP_NODELAY handler. Injects latency on every
 organisation and measures:
 
-1. the record fetch for a launched context (a fresh ``FetchJob`` built exactly as ``RecordService.start``
+1. the record fetch for a launched context (a fresh ``FetchJob`` built exactly as ``RecordService.gather``
    builds it, with warm token caches and the launch's Patient passed in), in parallel and sequentially,
    interleaved, against the physical floor computed from the data (slowest source's chain of round trips ×
    measured RTT; the data is loaded here too, for sizing only, and frozen out of the GC);
@@ -49,14 +49,18 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from app.config import DEFAULT_CONFIG, load_config
-from app.record.fetch import FETCH_TYPES, PAGE_SIZE, POOLS, FetchJob
+from app.record.catalogue import CATALOGUE
+from app.record.fetch import PAGE_SIZE, FetchJob
 from app.record.sources import record_sources
+from app.services import services
+from core.http import http_pool
 from sandbox.dataset import load_dataset
 from sandbox.fhir_server import MAX_COUNT
 from sandbox.serve import NoDelayHandler
 from sandbox.settings import sandbox_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+FETCH_TYPES = CATALOGUE.fetch_types
 RESULTS = ROOT / "bench" / "results.json"
 SYNTHEA_DIR = Path(os.environ.get("SCR_SYNTHEA_DIR") or ROOT.parent / "shared" / "data" / "synthea")
 ORGS = ("gp", "hospital", "community", "council")
@@ -257,7 +261,7 @@ class Harness:
 
     @property
     def service(self):
-        return self.viewer_app.extensions["record"]
+        return services(self.viewer_app).record
 
     def set_latency(self, ms: int) -> None:
         with new_http() as http:
@@ -346,7 +350,7 @@ def fetch_plan(dataset, person, known: set[str]) -> dict:
 def timed_fetch(
     h: Harness, ctx, patient: dict, nhs: str, sequential: bool, job_class: type[FetchJob] = FetchJob
 ) -> tuple[float, float, FetchJob]:
-    """A fresh FetchJob for the launch's sources, built as RecordService.start builds it (the Patient it
+    """A fresh FetchJob for the launch's sources, built as RecordService.gather builds it (the Patient it
     read from the launching EHR passed in for the user-token source); wall and CPU ms."""
     service = h.service
     sources = record_sources(service.config, ctx.iss)
@@ -354,7 +358,15 @@ def timed_fetch(
     known = {s.id: patient for s in sources if s.auth == "user"}
     rid = f"bench-{uuid.uuid4().hex[:12]}"
     cpu0, t0 = time.process_time(), time.perf_counter()
-    job = job_class(sources, nhs, tokens, rid, known_patients=known).start(sequential=sequential)
+    job = job_class(
+        sources,
+        nhs,
+        tokens,
+        rid,
+        known_patients=known,
+        types=CATALOGUE.fetch_types,
+        patient_fields=CATALOGUE.patient_fields,
+    ).start(sequential=sequential)
     if not job.wait(60):
         raise RuntimeError("fetch did not finish in 60 s")
     wall, cpu = (time.perf_counter() - t0) * 1000, (time.process_time() - cpu0) * 1000
@@ -362,9 +374,9 @@ def timed_fetch(
 
 
 def timed_service(h: Harness, ctx, request_id: str | None = None) -> float:
-    """The viewer's own path: RecordService.start (EHR Patient read, then the fan-out) until complete."""
+    """The viewer's own path: RecordService.gather (EHR Patient read, then the fan-out) until complete."""
     t0 = time.perf_counter()
-    entry = h.service.start(ctx, request_id or f"bench-{uuid.uuid4().hex[:12]}", refresh=True)
+    entry = h.service.gather(ctx, request_id or f"bench-{uuid.uuid4().hex[:12]}", refresh=True)
     if entry.job is not None and not entry.job.wait(60):
         raise RuntimeError("service fetch did not finish in 60 s")
     return (time.perf_counter() - t0) * 1000
@@ -384,7 +396,7 @@ def measure_rtt(h: Harness, person, latency_ms: int, repeats: int = 25) -> float
     token = service.backend.token_for(source)
     url = f"{source.base_url}/Patient/{person.ids['hospital']}" if "hospital" in person.ids else source.base_url
     h.set_latency(latency_ms)
-    http = POOLS.http()
+    http = http_pool()
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
     samples = []
     for i in range(repeats + 3):
@@ -451,7 +463,7 @@ def bench_fetch(h: Harness, http: requests.Session, person, rounds: int, rtt_ms:
     entry = h.service._cache[ctx_id]
     entry.job.wait(60)  # the launch's own fetch: warms backend tokens, discovery and connections
     ctx = h.viewer_app.extensions["launch"].contexts.load(ctx_id)
-    patient = entry.patient  # what RecordService.start read from the launching EHR
+    patient = entry.patient  # what RecordService.gather read from the launching EHR
     known = {s.id for s in record_sources(h.config, ctx.iss) if s.auth == "user"}
     plan = fetch_plan(h.dataset, person, known)
     timed_fetch(h, ctx, patient, person.nhs_number, sequential=False)  # warm-up, not recorded
@@ -533,7 +545,7 @@ def bench_render(h: Harness, http: requests.Session, ctx_id: str, repeats: int, 
     for _ in range(repeats):
         entry.merged = {}
         t0 = time.perf_counter()
-        service.record(entry)
+        service.merged(entry)
         merge.append((time.perf_counter() - t0) * 1000)
     out["merge_only_ms"] = summarise(merge)
     for label, path in (("summary", f"/r/{ctx_id}/"), ("results", f"/r/{ctx_id}/results")):
@@ -671,7 +683,7 @@ def print_report(res: dict) -> None:
     print(
         f"targets: parallel/floor <= {t['parallel_over_floor']}, sequential/parallel >= "
         f"{t['sequential_over_parallel']}x ('!' = missed); "
-        "service path = RecordService.start incl. its EHR Patient read"
+        "service path = RecordService.gather incl. its EHR Patient read"
     )
     print("sandbox: its own process (FHIR servers + authorisation server), as in production")
     for key in ("median", "largest"):

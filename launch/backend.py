@@ -1,8 +1,9 @@
 """SMART Backend Services: system tokens for each organisation's FHIR server, cached until near expiry.
 
 client_credentials with a signed JWT assertion (private_key_jwt), system scopes from the source's
-config. The token endpoint comes from the source's smart-configuration. Tokens are kept in the shared
-store per source, refreshed under a per-source lock so a burst of launches asks for one token, not many.
+config, requested through Authlib's OAuth2Session (``launch.tokens.TokenEndpoint``). The token endpoint
+comes from the source's smart-configuration. Tokens are kept in the shared store per source, refreshed
+under a per-source lock so a burst of launches asks for one token, not many.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import time
 
 from core.state.store import KeyValueStore
 
-from .client_auth import token_request_auth
+from .client_auth import client_authentication
 from .discovery import Discovery
 from .errors import TokenError
 from .registration import Source
-from .tokens import post_token_request
+from .tokens import TokenEndpoint, bearer_token
 
 EARLY_RENEWAL = 60  # seconds before expiry at which a cached token is replaced
 
@@ -46,14 +47,14 @@ class BackendTokens:
         if source.auth != "backend_services" or not source.client_id:
             raise TokenError(f"source {source.id} is not configured for backend services")
         endpoint = self.discovery.configuration(source.base_url).token_endpoint
-        form, headers = token_request_auth(
+        auth = client_authentication(
             "private_key_jwt", source.client_id, endpoint, self.keyset, source.signing_alg, None
         )
-        form.update(grant_type="client_credentials", scope=source.scopes)
-        body = post_token_request(endpoint, form, headers)
-        token = body.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise TokenError(f"{source.id}: token response has no access_token")
+        body = TokenEndpoint(endpoint, auth).client_credentials(source.scopes)
+        try:
+            token = bearer_token(body)
+        except TokenError as exc:
+            raise TokenError(f"{source.id}: {exc.detail}") from exc
         expires_in = body.get("expires_in")
         lifetime = int(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 300
         return token, lifetime

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 from core.state.store import KeyValueStore
 
+from .identity import UserIdentity
+
 CONTEXT_TTL = 12 * 3600
 MAX_CONTEXTS_PER_SESSION = 10
 
@@ -28,8 +30,13 @@ class LaunchContext:
     encounter: str | None = None
     need_patient_banner: bool = True
     fhir_user: str | None = None
-    identity: dict | None = None
+    identity: UserIdentity | None = None
     created: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LaunchContext:
+        identity = data.get("identity")
+        return cls(**{**data, "identity": UserIdentity.from_dict(identity) if identity else None})
 
 
 def new_context_id() -> str:
@@ -45,7 +52,7 @@ class ContextStore:
 
     def load(self, ctx_id: str) -> LaunchContext | None:
         data = self.store.get(f"ctx:{ctx_id}")
-        return LaunchContext(**data) if data else None
+        return LaunchContext.from_dict(data) if data else None
 
     def delete(self, ctx_id: str) -> None:
         self.store.delete(f"ctx:{ctx_id}")

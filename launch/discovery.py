@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import requests
+import orjson
+from cachetools import TTLCache
 from joserfc.jwk import KeySet
 
-from core.http import http_session
+from core.http import OutboundError, http_get
 
 from .errors import DiscoveryFailed
 
@@ -21,6 +22,8 @@ DISCOVERY_TTL = 3600
 JWKS_TTL = 3600
 JWKS_MIN_REFETCH = 30  # an unknown kid triggers a refetch, at most this often per issuer
 TIMEOUT = 5.0
+MAX_BYTES = 1024 * 1024  # a smart-configuration or JWKS document is a few KB
+CACHE_SIZE = 256  # issuers and key sets: only allow-listed ones are ever fetched
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -68,37 +71,35 @@ class Discovery:
 
     def __init__(self, ttl: int = DISCOVERY_TTL, jwks_ttl: int = JWKS_TTL) -> None:
         self.ttl, self.jwks_ttl = ttl, jwks_ttl
-        self._configs: dict[str, tuple[float, SmartConfiguration]] = {}
-        self._jwks: dict[str, tuple[float, KeySet]] = {}
-        self._lock = threading.Lock()
+        self._configs: TTLCache[str, SmartConfiguration] = TTLCache(CACHE_SIZE, ttl)
+        self._jwks: TTLCache[str, tuple[float, KeySet]] = TTLCache(CACHE_SIZE, jwks_ttl)  # (fetched at, keys)
+        self._lock = threading.Lock()  # TTLCache is not thread-safe
 
     def configuration(self, fhir_base: str) -> SmartConfiguration:
-        now = time.time()
         with self._lock:
             cached = self._configs.get(fhir_base)
-        if cached and cached[0] > now:
-            return cached[1]
+        if cached is not None:
+            return cached
         url = f"{fhir_base.rstrip('/')}/.well-known/smart-configuration"
-        doc = _get_json(url)
-        config = parse_smart_configuration(fhir_base, doc)
+        config = parse_smart_configuration(fhir_base, _get_json(url))
         with self._lock:
-            self._configs[fhir_base] = (now + self.ttl, config)
+            self._configs[fhir_base] = config
         return config
 
     def jwks(self, jwks_uri: str, refresh: bool = False) -> KeySet:
         """The issuer's keys; ``refresh`` refetches (rate-limited) when a token names an unknown kid."""
-        now = time.time()
         with self._lock:
             cached = self._jwks.get(jwks_uri)
-        if cached and (cached[0] > now) and not (refresh and cached[0] - self.jwks_ttl + JWKS_MIN_REFETCH < now):
+        if cached is not None and not (refresh and time.monotonic() - cached[0] >= JWKS_MIN_REFETCH):
             return cached[1]
+        fetched_at = time.monotonic()
         doc = _get_json(jwks_uri)
         try:
             keyset = KeySet.import_key_set(doc)
         except Exception as exc:  # noqa: BLE001 - any malformed JWKS is the same failure to us
             raise DiscoveryFailed(f"JWKS at {jwks_uri} is not a valid key set: {exc}") from exc
         with self._lock:
-            self._jwks[jwks_uri] = (now + self.jwks_ttl, keyset)
+            self._jwks[jwks_uri] = (fetched_at, keyset)
         return keyset
 
     def clear(self) -> None:
@@ -109,12 +110,12 @@ class Discovery:
 
 def _get_json(url: str) -> object:
     try:
-        resp = http_session().get(url, headers={"Accept": "application/json"}, timeout=TIMEOUT, allow_redirects=False)
-    except requests.RequestException as exc:
-        raise DiscoveryFailed(f"GET {url} failed: {exc.__class__.__name__}: {exc}") from exc
-    if resp.status_code != 200:
-        raise DiscoveryFailed(f"GET {url} answered {resp.status_code}")
+        resp = http_get(url, headers={"Accept": "application/json"}, timeout=TIMEOUT, max_bytes=MAX_BYTES)
+    except OutboundError as exc:
+        raise DiscoveryFailed(str(exc)) from exc
+    if resp.status != 200:
+        raise DiscoveryFailed(f"GET {url} answered {resp.status}")
     try:
-        return resp.json()
-    except ValueError as exc:
+        return orjson.loads(resp.body)
+    except orjson.JSONDecodeError as exc:
         raise DiscoveryFailed(f"GET {url} did not return JSON") from exc

@@ -6,7 +6,6 @@ browser-session binding, and get back a URL or a LaunchContext.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import secrets
@@ -14,11 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from flask import current_app
 from joserfc.jwk import KeySet
 
 from core.state.store import KeyValueStore
 
-from .client_auth import token_request_auth
+from .backend import BackendTokens
 from .context import ContextStore, LaunchContext, new_context_id
 from .discovery import Discovery
 from .ehr_client import EhrFhirClient
@@ -27,7 +28,7 @@ from .id_token import validate_id_token
 from .identity import resolve_identity
 from .registration import ClientSettings, EhrRegistration
 from .scopes import launch_scopes, missing_scopes
-from .tokens import TokenManager, post_token_request, token_set_from_response
+from .tokens import TokenEndpoint, TokenManager, token_set_from_response
 
 log = logging.getLogger(__name__)
 STATE_TTL = 600  # ten minutes to complete sign-in
@@ -41,6 +42,7 @@ class LaunchServices:
     tokens: TokenManager
     contexts: ContextStore
     keyset: KeySet
+    backend: BackendTokens
     on_launch: Callable[[LaunchContext, str], None] | None = None  # e.g. the audit trail; may refuse by raising
 
     @property
@@ -48,8 +50,17 @@ class LaunchServices:
         return self.settings.redirect_uri
 
 
+EXTENSION = "launch"  # where init_app installs LaunchServices on the Flask app
+
+
+def services() -> LaunchServices:
+    """The running app's SMART client services."""
+    return current_app.extensions[EXTENSION]
+
+
 def pkce_challenge(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    """RFC 7636 S256: Authlib's helper."""
+    return create_s256_code_challenge(verifier)
 
 
 def binding_hash(binding: str) -> str:
@@ -108,16 +119,8 @@ def complete(services: LaunchServices, params: dict[str, str], binding: str, req
         raise UnknownIssuer(f"issuer {pending['iss']} was removed from the configuration mid-launch")
     smart = services.discovery.configuration(ehr.issuer)
 
-    form, headers = token_request_auth(
-        ehr.client_auth, ehr.client_id, smart.token_endpoint, services.keyset, ehr.signing_alg, ehr.client_secret
-    )
-    form.update(
-        grant_type="authorization_code",
-        code=code,
-        redirect_uri=services.redirect_uri,
-        code_verifier=pending["verifier"],
-    )
-    body = post_token_request(smart.token_endpoint, form, headers)
+    endpoint = TokenEndpoint.for_ehr(smart.token_endpoint, ehr, services.keyset)
+    body = endpoint.authorization_code(code, services.redirect_uri, pending["verifier"])
     tokens = token_set_from_response(body, smart.token_endpoint, ehr.issuer)
     if not body.get("scope"):
         tokens.scope = pending["scope"]  # RFC 6749 5.1: omitted scope means as requested

@@ -1,14 +1,17 @@
 """Who the user is: ``fhirUser`` (Practitioner or PractitionerRole) resolved at the launching EHR,
 combined with the national RBAC claims (CIS2 style) carried in the id_token.
 
-The result is a plain dict so it can be stored with the launch context and handed to access decisions.
+The result is one typed value, ``UserIdentity``, stored with the launch context and handed to the access
+decision and the audit trail.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
 from core.identifiers import JOB_ROLE_SYSTEM, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SDS_USER_SYSTEM
+from core.names import display_name
 
 from .ehr_client import EhrFhirClient
 from .errors import IdentityUnresolved, SourceError
@@ -20,7 +23,58 @@ JOB_ROLE_SYSTEMS = (
 STAFF_TYPES = ("Practitioner", "PractitionerRole")
 
 
-def resolve_identity(client: EhrFhirClient, fhir_user: str | None, claims: dict) -> dict:
+@dataclass(frozen=True)
+class Organisation:
+    ods: str | None
+    name: str | None = None
+    reference: str | None = None  # the Organization at the launching EHR
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    """The signed-in user, as far as the launching EHR and the id_token say."""
+
+    name: str
+    sub: str | None = None
+    fhir_user: str | None = None
+    sds_user_id: str | None = None
+    role_codes: tuple[str, ...] = ()
+    activity_codes: tuple[str, ...] = ()
+    organisation: Organisation | None = None
+    practitioner: str | None = None  # "Practitioner/<id>" at the launching EHR
+    nhs_number: str | None = None  # when the EHR links the user's staff record to their own patient identity
+
+    @property
+    def user_id(self) -> str | None:
+        """The id the audit trail and break-glass are keyed on: the national SDS user id, else the subject."""
+        return self.sds_user_id or self.sub
+
+    @property
+    def ods(self) -> str | None:
+        return self.organisation.ods if self.organisation else None
+
+    @property
+    def organisation_label(self) -> str:
+        org = self.organisation
+        return (org.name or org.ods or "unknown organisation") if org else "unknown organisation"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> UserIdentity:
+        org = data.get("organisation")
+        return cls(
+            **{
+                **data,
+                "role_codes": tuple(data.get("role_codes") or ()),
+                "activity_codes": tuple(data.get("activity_codes") or ()),
+                "organisation": Organisation(**org) if org else None,
+            }
+        )
+
+
+def resolve_identity(client: EhrFhirClient, fhir_user: str | None, claims: dict) -> UserIdentity:
     identity = {
         "sub": claims.get("sub"),
         "fhir_user": fhir_user,
@@ -43,9 +97,18 @@ def resolve_identity(client: EhrFhirClient, fhir_user: str | None, claims: dict)
             raise IdentityUnresolved(f"could not read fhirUser: {exc.detail}") from exc
     if not identity["name"]:
         raise IdentityUnresolved("neither the id_token nor the EHR gave the user's name")
-    identity["role_codes"] = sorted(set(identity["role_codes"]))
-    identity["activity_codes"] = sorted(set(identity["activity_codes"]))
-    return identity
+    org = identity["organisation"]
+    return UserIdentity(
+        name=identity["name"],
+        sub=identity["sub"],
+        fhir_user=identity["fhir_user"],
+        sds_user_id=identity["sds_user_id"],
+        role_codes=tuple(sorted(set(identity["role_codes"]))),
+        activity_codes=tuple(sorted(set(identity["activity_codes"]))),
+        organisation=Organisation(**org) if org else None,
+        practitioner=identity["practitioner"],
+        nhs_number=identity["nhs_number"],
+    )
 
 
 def _reference_type(ref: str | None) -> str | None:
@@ -91,7 +154,7 @@ def _apply_fhir(identity: dict, client: EhrFhirClient, fhir_user: str, rtype: st
         ]
     if practitioner:
         identity["practitioner"] = f"Practitioner/{practitioner.get('id')}"
-        identity["name"] = identity["name"] or _human_name(practitioner.get("name"))
+        identity["name"] = identity["name"] or display_name(practitioner.get("name"), with_title=True)
         for ident in practitioner.get("identifier") or []:
             if ident.get("system") == SDS_USER_SYSTEM and not identity["sds_user_id"]:
                 identity["sds_user_id"] = ident.get("value")
@@ -114,12 +177,3 @@ def _apply_fhir(identity: dict, client: EhrFhirClient, fhir_user: str, rtype: st
                 (i.get("value") for i in org_resource.get("identifier") or [] if i.get("system") == ODS_SYSTEM), None
             )
             identity["organisation"] = {"ods": ods, "name": org_resource.get("name"), "reference": org_ref}
-
-
-def _human_name(names: list | None) -> str | None:
-    if not names:
-        return None
-    n = names[0]
-    if n.get("text"):
-        return n["text"]
-    return " ".join([*n.get("prefix", []), *n.get("given", []), n.get("family", "")]).strip() or None

@@ -5,19 +5,16 @@ from __future__ import annotations
 import logging
 import secrets
 
-from flask import Blueprint, current_app, g, jsonify, redirect, request, session, url_for
+from flask import Blueprint, g, jsonify, redirect, request, session, url_for
 
 from . import flow
 from .context import MAX_CONTEXTS_PER_SESSION
 from .errors import MissingLaunchParameters, UnknownIssuer
+from .flow import services
 from .keys import public_jwks
 
 log = logging.getLogger(__name__)
 bp = Blueprint("launch", __name__)
-
-
-def services() -> flow.LaunchServices:
-    return current_app.extensions["launch"]
 
 
 def _binding() -> str:

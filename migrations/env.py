@@ -1,32 +1,40 @@
-"""Alembic environment: the database comes from the viewer's own configuration (SCR_CONFIG + env)."""
+"""Alembic environment: the database comes from the viewer's own configuration (SCR_CONFIG + env).
+
+``app.schema.metadata`` is the single definition of every table, so ``alembic check`` (and
+``alembic revision --autogenerate``) compare the migrated database with it; ``tests/audit/test_schema.py``
+runs the check on SQLite and PostgreSQL. The append-only triggers (0001) are not SQLAlchemy objects and
+are not compared.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from app.audit.store import database_url
-from app.config import load_config, resolve_path
+import app.schema
+from app.config import load_config
+
+target_metadata = app.schema.metadata
 
 
 def url() -> str:
-    config = load_config()
-    audit = config.raw.get("audit", {})
-    return database_url(audit.get("database_url") or None,
-                        resolve_path(config.path.parent, audit.get("sqlite_path", "../var/audit.sqlite3")))
+    return load_config().audit.url
 
 
 def run() -> None:
     target = context.config.attributes.get("url") or url()
     if target.startswith("sqlite:///"):
-        from pathlib import Path
-
         Path(target.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(target)
-    with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=None)
-        with context.begin_transaction():
-            context.run_migrations()
+    try:
+        with engine.connect() as connection:
+            context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
 
 
 run()

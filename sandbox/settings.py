@@ -6,9 +6,94 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.config import Config, ConfigError, resolve_path
+from app.config import (
+    CLIENT_AUTH_METHODS,
+    INTEGER,
+    REQUIRED,
+    SOURCE_KINDS,
+    STRING,
+    STRINGS,
+    TABLE,
+    Config,
+    ConfigError,
+    Key,
+    Table,
+    absolute_url,
+    accepted_keys,
+    at_least,
+    check_table,
+    display_path,
+    resolve_path,
+)
+
+from .keys import ID_TOKEN_ALGS
 
 FAULT_MODES = ("ok", "down", "error_500", "malformed_json", "foreign_next", "paging_loop")
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+MAX_LATENCY_MS = 120_000
+
+
+def _grant_types(values: tuple[str, ...]) -> str | None:
+    wrong = [v for v in values if v not in GRANT_TYPES]
+    return f"must be among {', '.join(GRANT_TYPES)}, got {', '.join(wrong)}" if wrong else None
+
+
+# The [sandbox] tables, validated with the viewer's machinery (app.config.check_table): unknown keys, wrong
+# types and missing required keys are errors naming the file, the table and the key.
+FAULTS = Table(
+    "sandbox.organisation.faults",
+    {
+        "latency_ms": Key(
+            INTEGER,
+            0,
+            check=lambda v: None if 0 <= v <= MAX_LATENCY_MS else f"must be from 0 to {MAX_LATENCY_MS} milliseconds",
+        ),
+        "mode": Key(STRING, "ok", choices=FAULT_MODES),
+    },
+)
+ORGANISATION = Table(
+    "sandbox.organisation",
+    {
+        "id": Key(STRING, REQUIRED),
+        "name": Key(STRING, REQUIRED),
+        "ods_code": Key(STRING, REQUIRED),
+        "kind": Key(STRING, "gp", choices=SOURCE_KINDS),
+    },
+    array=True,
+    label=("id",),
+    tables=(FAULTS,),
+)
+CLIENT = Table(
+    "sandbox.client",
+    {
+        "client_id": Key(STRING, REQUIRED),
+        "name": Key(STRING),  # default: the client_id
+        "auth_method": Key(STRING, "private_key_jwt", choices=CLIENT_AUTH_METHODS),
+        "grant_types": Key(STRINGS, ("authorization_code",), check=_grant_types),
+        "scope": Key(STRING, ""),
+        "redirect_uris": Key(STRINGS, (), check=absolute_url),
+        "launch_uris": Key(STRINGS, (), check=absolute_url),
+        "jwks_file": Key(STRING),
+        "jwks_uri": Key(STRING, check=absolute_url),
+        "jwks": Key(TABLE),
+        "client_secret": Key(STRING),
+        "id_token_alg": Key(STRING, "RS256", choices=ID_TOKEN_ALGS),
+    },
+    array=True,
+    label=("client_id",),
+)
+SANDBOX = Table(
+    "sandbox",
+    {
+        "base_url": Key(STRING, REQUIRED, check=absolute_url),
+        "synthea_dir": Key(STRING, ""),
+        "access_token_lifetime": Key(INTEGER, 3600, check=at_least(1)),
+        "id_token_lifetime": Key(INTEGER, 300, check=at_least(1)),
+        "launch_url": Key(STRING, check=absolute_url),  # default: the viewer's base_url + /launch
+    },
+    tables=(CLIENT, ORGANISATION),
+)
+ACCEPTED_KEYS: dict[str, set[str]] = accepted_keys({"sandbox": SANDBOX})
 
 
 @dataclass
@@ -23,8 +108,8 @@ class Faults:
 
 
 def validate_faults(latency_ms: Any, mode: Any) -> None:
-    if not isinstance(latency_ms, int) or isinstance(latency_ms, bool) or not 0 <= latency_ms <= 120_000:
-        raise ValueError("latency_ms must be a whole number of milliseconds from 0 to 120000")
+    if not isinstance(latency_ms, int) or isinstance(latency_ms, bool) or not 0 <= latency_ms <= MAX_LATENCY_MS:
+        raise ValueError(f"latency_ms must be a whole number of milliseconds from 0 to {MAX_LATENCY_MS}")
     if mode not in FAULT_MODES:
         raise ValueError(f"mode must be one of {', '.join(FAULT_MODES)}")
 
@@ -79,54 +164,51 @@ class SandboxSettings:
 
 def sandbox_settings(config: Config) -> SandboxSettings:
     d = config.raw.get("sandbox")
+    file = display_path(config.path)
     if not isinstance(d, dict) or "base_url" not in d:
-        raise ConfigError(f"{config.path}: the [sandbox] table with base_url is required to run the sandbox")
+        raise ConfigError(f"{file}: the [sandbox] table with base_url is required to run the sandbox")
+    v = check_table(d, SANDBOX, file)
     base_dir = config.path.parent
-    synthea = d.get("synthea_dir")
-    orgs = tuple(_organisation(o) for o in d.get("organisation", []))
+    orgs = tuple(_organisation(o, file) for o in v["organisation"])
     if not orgs:
-        raise ConfigError("[sandbox]: at least one [[sandbox.organisation]] is required")
+        raise ConfigError(f"{file}: [sandbox] at least one [[sandbox.organisation]] is required")
     return SandboxSettings(
-        base_url=d["base_url"].rstrip("/"),
-        synthea_dir=resolve_path(base_dir, synthea) if synthea else None,
-        access_token_lifetime=int(d.get("access_token_lifetime", 3600)),
-        id_token_lifetime=int(d.get("id_token_lifetime", 300)),
-        launch_url=d.get("launch_url", f"{config.viewer.base_url}/launch"),
+        base_url=v["base_url"].rstrip("/"),
+        synthea_dir=resolve_path(base_dir, v["synthea_dir"]) if v["synthea_dir"] else None,
+        access_token_lifetime=v["access_token_lifetime"],
+        id_token_lifetime=v["id_token_lifetime"],
+        launch_url=v["launch_url"] or f"{config.viewer.base_url}/launch",
         organisations=orgs,
-        clients=tuple(_client(c, base_dir) for c in d.get("client", [])),
+        clients=tuple(_client(c, base_dir) for c in v["client"]),
     )
 
 
-def _organisation(d: dict[str, Any]) -> Organisation:
-    faults = d.get("faults", {})
+def _organisation(d: dict[str, Any], file: str) -> Organisation:
+    faults = d["faults"]
     try:
         return Organisation(
             id=d["id"],
             name=d["name"],
             ods_code=d["ods_code"],
-            kind=d.get("kind", "gp"),
-            faults=Faults(latency_ms=int(faults.get("latency_ms", 0)), mode=faults.get("mode", "ok")),
+            kind=d["kind"],
+            faults=Faults(latency_ms=faults["latency_ms"], mode=faults["mode"]),
         )
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"[[sandbox.organisation]] {d.get('id', '?')}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{file}: [[sandbox.organisation]] {d['id']!r} faults: {exc}") from exc
 
 
 def _client(d: dict[str, Any], base_dir: Path) -> ClientRegistration:
-    method = d.get("auth_method", "private_key_jwt")
-    if method not in ("private_key_jwt", "client_secret_basic", "none"):
-        raise ConfigError(f"[[sandbox.client]] {d.get('client_id')}: unknown auth_method {method}")
-    jwks_file = resolve_path(base_dir, d["jwks_file"]) if d.get("jwks_file") else None
     return ClientRegistration(
         client_id=d["client_id"],
-        name=d.get("name", d["client_id"]),
-        auth_method=method,
-        grant_types=tuple(d.get("grant_types", ["authorization_code"])),
-        scope=d.get("scope", ""),
-        redirect_uris=tuple(d.get("redirect_uris", [])),
-        launch_uris=tuple(d.get("launch_uris", [])),
-        jwks_file=jwks_file,
-        jwks_uri=d.get("jwks_uri"),
-        jwks=d.get("jwks"),
-        client_secret=d.get("client_secret"),
-        id_token_alg=d.get("id_token_alg", "RS256"),
+        name=d["name"] or d["client_id"],
+        auth_method=d["auth_method"],
+        grant_types=d["grant_types"],
+        scope=d["scope"],
+        redirect_uris=d["redirect_uris"],
+        launch_uris=d["launch_uris"],
+        jwks_file=resolve_path(base_dir, d["jwks_file"]) if d["jwks_file"] else None,
+        jwks_uri=d["jwks_uri"],
+        jwks=d["jwks"],
+        client_secret=d["client_secret"],
+        id_token_alg=d["id_token_alg"],
     )

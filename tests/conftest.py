@@ -110,3 +110,44 @@ def synthea_available() -> bool:
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+# ---- the fast lane: `make test-fast` runs `pytest -m "not integration"` ----------------------------------
+
+# Fixtures that start servers or processes, or need a service from outside the test process (PostgreSQL,
+# Redis, Chromium, sekmet-fhir). ``item.fixturenames`` is the whole closure, so a fixture built on one of
+# these (``sandbox`` on ``running``, ``page`` on ``playwright``) counts too.
+INTEGRATION_FIXTURES = frozenset(
+    {
+        "running",  # the sandbox and the viewer on real loopback HTTP servers
+        "sandbox",
+        "sekmet",  # sekmet-fhir in its own venv (tests/interop)
+        "deployment",  # gunicorn viewers + a sandbox process + Redis + PostgreSQL (tests/ops)
+        "pg_url",  # a fresh PostgreSQL database
+        "redis_prefix",  # keys of their own on the shared Redis
+        "playwright",  # Chromium through pytest-playwright (page, context, browser are built on it)
+        "browser",
+        "page",
+    }
+)
+# Parameters that pick an external service, whatever they parametrize: tests/audit's ``store`` and
+# ``fresh_url`` run on "sqlite" in the fast lane and on "postgresql" in the full suite.
+INTEGRATION_PARAMS = frozenset({"postgresql", "redis"})
+# Folders and modules that need servers or processes without saying so through a fixture.
+INTEGRATION_PATHS = ("tests/e2e/", "tests/interop/", "tests/sandbox/test_serve.py")
+
+
+def is_integration(item: pytest.Item) -> bool:
+    path = Path(str(item.fspath)).resolve()
+    path = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.as_posix()
+    if path.startswith(INTEGRATION_PATHS) or INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(isinstance(value, str) and value in INTEGRATION_PARAMS for value in params.values())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that starts servers or needs external services as ``integration``."""
+    for item in items:
+        if is_integration(item) and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)

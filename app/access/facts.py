@@ -1,16 +1,18 @@
-"""Plain facts for the access decision, read from the consolidated record and the launching EHR."""
+"""Plain facts for the access decision, read from the raw resources each organisation returned (not from
+merged rows, so the record is merged once, after the decision) and from the launching EHR."""
 
 from __future__ import annotations
 
 import logging
 
-from app.record.service import ConsolidatedRecord
+from app.record.fetch import SourceResult
 from core.identifiers import NHS_NUMBER_SYSTEM as NHS_NUMBER
 from core.identifiers import ODS_SYSTEM as ODS
 from core.identifiers import SDS_USER_SYSTEM as SDS_USER
 from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
 from launch.errors import SourceError
+from launch.identity import UserIdentity
 
 from .policy import PatientFacts
 
@@ -19,29 +21,29 @@ PRIVACY_SCOPE = "patient-privacy"
 
 
 def patient_facts(
-    ctx: LaunchContext, record: ConsolidatedRecord, client: EhrFhirClient | None, colleague: bool | None = None
+    ctx: LaunchContext, nhs: str | None, results: list[SourceResult], colleague: bool = False
 ) -> PatientFacts:
-    """``colleague`` may be given when it was asked in advance (alongside the fetch)."""
-    identity = ctx.identity or {}
+    """``results``: the organisations that returned this person's record; ``colleague`` is asked of the
+    user's own system alongside the fetch (``is_colleague``)."""
+    identity = ctx.identity
     registered, episodes, teams = set(), set(), set()
-    for result in record.loaded:
+    consents, contacts = [], []
+    for result in results:
+        source_ods = result.source.ods_code or None
         for gp in (result.patient or {}).get("generalPractitioner") or []:
-            ods = _ods_of(gp, result.source.ods_code if result.source.kind == "gp" else None)
+            ods = _ods_of(gp, source_ods if result.source.kind == "gp" else None)
             if ods:
                 registered.add(ods)
-    for row in record.section("episodes"):
-        if row.status == "active":
-            episodes.update(_holder_ods(row, "managingOrganization"))
-    for row in record.section("care_teams"):
-        if row.status == "active":
-            teams.update(_holder_ods(row, "managingOrganization"))
-    whole, per_org = objection(record)
-    sds = identity.get("sds_user_id")
+        for episode in _active(result, "EpisodeOfCare"):
+            episodes.update(_holder_ods(episode, source_ods))
+        for team in _active(result, "CareTeam"):
+            teams.update(_holder_ods(team, source_ods))
+        consents.extend(result.resources.get("Consent") or [])
+        contacts.extend(result.resources.get("RelatedPerson") or [])
+    whole, per_org = objection(consents)
+    sds = identity.sds_user_id if identity else None
     family = bool(sds) and any(
-        i.get("system") == SDS_USER and i.get("value") == sds
-        for row in record.section("contacts")
-        for r in row.resources
-        for i in r.get("identifier") or []
+        i.get("system") == SDS_USER and i.get("value") == sds for r in contacts for i in r.get("identifier") or []
     )
     return PatientFacts(
         registered_ods=frozenset(registered),
@@ -50,36 +52,35 @@ def patient_facts(
         encounter_in_context=bool(ctx.encounter),
         objection_whole=whole,
         objection_ods=frozenset(per_org),
-        is_user=bool(identity.get("nhs_number")) and identity.get("nhs_number") == record.nhs_number,
+        is_user=bool(identity and identity.nhs_number) and identity.nhs_number == nhs,
         family=family,
-        colleague=colleague
-        if colleague is not None
-        else (is_colleague(client, record.nhs_number, identity) if client else False),
+        colleague=colleague,
     )
 
 
-def objection(record: ConsolidatedRecord) -> tuple[bool, set[str]]:
+def _active(result: SourceResult, rtype: str) -> list[dict]:
+    return [r for r in result.resources.get(rtype) or [] if r.get("status") == "active"]
+
+
+def objection(consents: list[dict]) -> tuple[bool, set[str]]:
     """An active deny Consent about sharing: for the whole record, or naming organisations (ODS)."""
     whole, orgs = False, set()
-    for row in record.section("consents"):
-        for consent in row.resources:
-            if consent.get("status") != "active":
-                continue
-            scope_codes = {c.get("code") for c in (consent.get("scope") or {}).get("coding") or []}
-            provision = consent.get("provision") or {}
-            if PRIVACY_SCOPE not in scope_codes or provision.get("type") != "deny":
-                continue
-            actors = [a.get("reference") or {} for a in provision.get("actor") or []]
-            named = {
-                (a.get("identifier") or {}).get("value")
-                for a in actors
-                if (a.get("identifier") or {}).get("system") == ODS
-            }
-            named.discard(None)
-            if named:
-                orgs |= named
-            else:
-                whole = True
+    for consent in consents:
+        if consent.get("status") != "active":
+            continue
+        scope_codes = {c.get("code") for c in (consent.get("scope") or {}).get("coding") or []}
+        provision = consent.get("provision") or {}
+        if PRIVACY_SCOPE not in scope_codes or provision.get("type") != "deny":
+            continue
+        actors = [a.get("reference") or {} for a in provision.get("actor") or []]
+        named = {
+            (a.get("identifier") or {}).get("value") for a in actors if (a.get("identifier") or {}).get("system") == ODS
+        }
+        named.discard(None)
+        if named:
+            orgs |= named
+        else:
+            whole = True
     return whole, orgs
 
 
@@ -92,18 +93,18 @@ def _ods_of(ref: dict, default: str | None) -> str | None:
     return None
 
 
-def _holder_ods(row, field: str) -> set[str]:
-    out = {s.ods for s in row.sources if s.ods}
-    for r in row.resources:
-        refs = r.get(field) or []
-        for ref in refs if isinstance(refs, list) else [refs]:
-            ident = (ref.get("identifier") if isinstance(ref, dict) else None) or {}
-            if ident.get("system") == ODS and ident.get("value"):
-                out.add(ident["value"])
+def _holder_ods(resource: dict, source_ods: str | None) -> set[str]:
+    """The organisation holding an episode or team: the source itself, and any managing organisation it names."""
+    out = {source_ods} if source_ods else set()
+    refs = resource.get("managingOrganization") or []
+    for ref in refs if isinstance(refs, list) else [refs]:
+        ident = (ref.get("identifier") if isinstance(ref, dict) else None) or {}
+        if ident.get("system") == ODS and ident.get("value"):
+            out.add(ident["value"])
     return out
 
 
-def is_colleague(client: EhrFhirClient, nhs: str | None, identity: dict) -> bool:
+def is_colleague(client: EhrFhirClient, nhs: str | None, identity: UserIdentity | None) -> bool:
     """Is the patient on the staff of the user's organisation? Asked of the user's own system."""
     if not nhs:
         return False
@@ -117,4 +118,5 @@ def is_colleague(client: EhrFhirClient, nhs: str | None, identity: dict) -> bool
         for e in bundle.get("entry") or []
         if (e.get("resource") or {}).get("resourceType") == "Practitioner"
     ]
-    return any(s.get("id") and f"Practitioner/{s['id']}" != identity.get("practitioner") for s in staff)
+    own = identity.practitioner if identity else None
+    return any(s.get("id") and f"Practitioner/{s['id']}" != own for s in staff)

@@ -1,8 +1,12 @@
 """Who may see what: RBAC capabilities, legitimate relationship, conflict of interest, objection,
-break-glass and sensitive items — decided from plain facts, returning a decision the views act on.
+break-glass and sensitive items — decided from plain facts, returning one decision the views act on.
+
+The decision carries everything a view needs: the next step (show, ask a reason, break-glass, the privacy
+officer's console, refuse), the sections this user may open, and what is withheld. It is made here only.
 
 The order matters and is part of the policy:
 
+0. standalone use (outside an integrated EHR) without recorded training → refused;
 1. no clinical capability → refused (privacy officers see audit, not clinical content);
 2. the user's own record → refused, always (a subject access request is the route);
 3. an active break-glass for this user and patient → permitted (purpose BTG), everything in role;
@@ -15,42 +19,36 @@ The order matters and is part of the policy:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from app.config import ACCESS_DEFAULTS
+from core.capabilities import DEMOGRAPHICS, DETAILED, SUMMARY
+from launch.identity import UserIdentity
 
 REFUSE, PERMIT, NEED_REASON, NEED_BREAK_GLASS = "refuse", "permit", "need-reason", "need-break-glass"
-DETAILED, SUMMARY, DEMOGRAPHICS = "detailed", "summary", "demographics"
+PARTIAL_ROLE = "Your role allows only part of the record; this section is not part of it."
+UNTRAINED = (
+    "Before using the Shared Care Record outside an integrated clinical system you must complete its training. "
+    "Your training has not been recorded; ask your privacy officer."
+)
+# Pages every user who got past the decision may open whatever their level (no clinical content).
+ALWAYS_OPEN = frozenset({"progress", "access"})
 
-DEFAULTS: dict[str, Any] = {
-    "view_summary": ["B0370", "B0401"],
-    "view_detailed": ["B0360"],
-    "emergency_access": ["B0168"],
-    "legal_override": ["B0082"],
-    "sensitive_records": ["B1611"],
-    "privacy_officer_roles": ["R0001", "R5105"],
-    "privacy_officer_activities": ["B0015", "B0016"],
-    "admin_roles": ["R8006", "R8008", "R8009", "R8010"],
-    "reason_codes": ["TREAT", "COC", "ETREAT"],
-    "break_glass_minutes": 30,
-    "break_glass_min_justification": 25,
-    "sensitive_labels": [
-        "R",
-        "V",
-        "HIV",
-        "STD",
-        "SEX",
-        "PSY",
-        "MH",
-        "BH",
-        "ETH",
-        "SUD",
-        "SDV",
-        "SPI",
-        "GDIS",
-        "PREGNANT",
-    ],
-    "sensitive_codes": [],
-}
+
+class Step(StrEnum):
+    """What the view does next."""
+
+    SHOW = "show"
+    ASK_REASON = "ask-reason"
+    BREAK_GLASS = "break-glass"
+    PRIVACY_CONSOLE = "privacy-console"
+    REFUSE = "refuse"
+    GO_TO = "go-to"  # another section of the record (e.g. administrative roles land on the care team page)
+    WAIT = "wait"  # not decided yet: organisations are still answering
+
+DEFAULTS = ACCESS_DEFAULTS  # one list of defaults: the configuration reference documents them
 REASON_LABELS = {
     "TREAT": "Direct care: I am treating this person",
     "COC": "Coordinating this person's care",
@@ -112,9 +110,9 @@ class Capabilities:
         return self.scope is not None
 
 
-def capabilities(identity: dict, rules: AccessRules) -> Capabilities:
-    roles = set(identity.get("role_codes") or [])
-    activities = set(identity.get("activity_codes") or [])
+def capabilities(identity: UserIdentity | None, rules: AccessRules) -> Capabilities:
+    roles = set(identity.role_codes if identity else ())
+    activities = set(identity.activity_codes if identity else ())
     if activities & rules.view_detailed:
         scope = DETAILED
     elif activities & rules.view_summary:
@@ -153,7 +151,35 @@ class Overrides:
     break_glass: bool = False  # an active, unexpired break-glass for this user and patient
 
 
-@dataclass
+@dataclass(frozen=True)
+class Withholding:
+    """What may not be shown: sensitive items (by label or code) and organisations the patient objected to.
+    Applied to the raw resources before merging, so withheld items never reach a row."""
+
+    labels: frozenset[str] = frozenset()  # empty when the user may see sensitive items
+    codes: frozenset[str] = frozenset()
+    withheld_ods: frozenset[str] = frozenset()
+
+    @property
+    def key(self) -> tuple:
+        return (bool(self.labels or self.codes), tuple(sorted(self.withheld_ods)))
+
+    def hides(self, ods: str | None, resource: dict) -> bool:
+        if ods and ods in self.withheld_ods:
+            return True
+        return bool((self.labels or self.codes) and _sensitive(resource, self.labels, self.codes))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision applied to one page: show it, or where to go instead."""
+
+    step: Step
+    target: str | None = None  # the section to go to (Step.GO_TO)
+    basis: str = ""
+
+
+@dataclass(frozen=True)
 class Decision:
     outcome: str
     scope: str | None
@@ -161,16 +187,80 @@ class Decision:
     basis: str
     withhold_sensitive: bool = True
     withheld_ods: frozenset[str] = frozenset()
-    break_glass_for: list[str] = field(default_factory=list)  # why break-glass is needed
+    break_glass_for: tuple[str, ...] = ()  # why break-glass is needed
     can_break_glass: bool = False
     alert: str | None = None  # "colleague" / "family" when the access must be alerted
+    next: Step = Step.REFUSE
+    sections: tuple[str, ...] = ()  # pages this user may open, in navigation order
+    withholding: Withholding = field(default_factory=Withholding)
 
     @property
     def permitted(self) -> bool:
         return self.outcome == PERMIT
 
+    @property
+    def home(self) -> str | None:
+        """The first page this user may open (where a user lands when the usual first page is not theirs)."""
+        return self.sections[0] if self.sections else None
 
-def decide(identity: dict, facts: PatientFacts, overrides: Overrides, rules: AccessRules) -> Decision:
+    def at(self, section: str, landing: str | None = None) -> Verdict:
+        """What to do for ``section``; ``landing`` is the record's usual first page."""
+        if self.next is not Step.SHOW:
+            return Verdict(self.next, None, self.basis)
+        if section in self.sections or section in ALWAYS_OPEN:
+            return Verdict(Step.SHOW)
+        if section == landing and self.home:
+            return Verdict(Step.GO_TO, self.home)
+        return Verdict(Step.REFUSE, None, PARTIAL_ROLE)
+
+
+def screen(
+    identity: UserIdentity | None, rules: AccessRules, *, standalone: bool = False, trained: bool = True
+) -> Decision | None:
+    """Refusals on identity alone, made before anything about the patient is fetched."""
+    caps = capabilities(identity, rules)
+    if standalone and not trained:
+        return Decision(REFUSE, None, None, UNTRAINED)
+    if not caps.clinical:
+        why = (
+            "Privacy officers review audit records and alerts; clinical records are not shown to this role."
+            if caps.privacy_officer
+            else "Your role does not include access to shared care records. Ask your registration authority if "
+            "you need it for your work."
+        )
+        return Decision(REFUSE, None, None, why, next=Step.PRIVACY_CONSOLE if caps.privacy_officer else Step.REFUSE)
+    return None
+
+
+def decide(
+    identity: UserIdentity | None,
+    facts: PatientFacts,
+    overrides: Overrides,
+    rules: AccessRules,
+    *,
+    audiences: Mapping[str, frozenset[str]] | None = None,
+    standalone: bool = False,
+    trained: bool = True,
+) -> Decision:
+    """The whole decision for this user and patient. ``audiences`` (page → capability levels that may open
+    it, in navigation order) comes from the record catalogue and sets which pages the decision allows."""
+    screened = screen(identity, rules, standalone=standalone, trained=trained)
+    if screened is not None:
+        return screened
+    decision = _decide(identity, facts, overrides, rules)
+    step = {PERMIT: Step.SHOW, NEED_REASON: Step.ASK_REASON, NEED_BREAK_GLASS: Step.BREAK_GLASS}.get(
+        decision.outcome, Step.REFUSE
+    )
+    sections = tuple(name for name, levels in (audiences or {}).items() if decision.scope in levels)
+    withholding = Withholding(
+        rules.sensitive_labels if decision.withhold_sensitive else frozenset(),
+        rules.sensitive_codes if decision.withhold_sensitive else frozenset(),
+        decision.withheld_ods,
+    )
+    return replace(decision, next=step, sections=sections, withholding=withholding)
+
+
+def _decide(identity: UserIdentity | None, facts: PatientFacts, overrides: Overrides, rules: AccessRules) -> Decision:
     caps = capabilities(identity, rules)
     if not caps.clinical:
         why = (
@@ -212,11 +302,11 @@ def decide(identity: dict, facts: PatientFacts, overrides: Overrides, rules: Acc
             None,
             " ".join(needs),
             withhold_sensitive=withhold,
-            break_glass_for=needs,
+            break_glass_for=tuple(needs),
             can_break_glass=caps.emergency,
             alert="colleague" if facts.colleague else ("family" if facts.family else None),
         )
-    org = (identity.get("organisation") or {}).get("ods")
+    org = identity.ods if identity else None
     relationship = None
     if org and org in facts.registered_ods:
         relationship = "The patient is registered at your organisation."
@@ -250,15 +340,19 @@ def decide(identity: dict, facts: PatientFacts, overrides: Overrides, rules: Acc
 
 
 def is_sensitive(resource: dict, rules: AccessRules) -> bool:
+    return _sensitive(resource, rules.sensitive_labels, rules.sensitive_codes)
+
+
+def _sensitive(resource: dict, labels: frozenset[str], codes: frozenset[str]) -> bool:
     for label in (resource.get("meta") or {}).get("security") or []:
-        if label.get("code") in rules.sensitive_labels:
+        if label.get("code") in labels:
             return True
-    if rules.sensitive_codes:
+    if codes:
         for key in ("code", "vaccineCode", "medicationCodeableConcept", "type"):
             concept = resource.get(key)
             concepts = concept if isinstance(concept, list) else [concept]
             for c in concepts:
                 for coding in (c or {}).get("coding") or [] if isinstance(c, dict) else []:
-                    if f"{coding.get('system')}|{coding.get('code')}" in rules.sensitive_codes:
+                    if f"{coding.get('system')}|{coding.get('code')}" in codes:
                         return True
     return False

@@ -1,9 +1,13 @@
-"""Applies the policy to a launch: gathers facts once, remembers reasons and break-glass, audits every
-decision before anything is shown, and raises the alerts the policy calls for."""
+"""Applies the policy to a launch: gathers facts once, remembers reasons and break-glass, records every
+decision in the audit trail before anything is shown, and raises the alerts the policy calls for.
+
+The decision itself is made by ``policy.decide``; this service supplies it with facts and overrides.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import asdict
 
@@ -11,14 +15,14 @@ from app.audit.alerts import Alert, AlertBox
 from app.audit.events import now
 from app.audit.trail import AuditTrail
 from app.observability import DECISIONS
-from app.record.fetch import POOLS
-from app.record.service import ConsolidatedRecord
-from core.state.store import KeyValueStore
+from app.record.service import Gathering
+from core.http import fetch_executor
+from core.state import KeyValueStore
 from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
 
 from .facts import is_colleague, patient_facts
-from .policy import REFUSE, AccessRules, Decision, Overrides, PatientFacts, capabilities, decide
+from .policy import REFUSE, AccessRules, Decision, Overrides, PatientFacts, capabilities, decide, screen
 from .training import TrainingRegister
 
 FACTS_TTL = 300
@@ -33,21 +37,23 @@ class AccessService:
     def __init__(
         self,
         rules: AccessRules,
+        audiences: Mapping[str, frozenset[str]],
         store: KeyValueStore,
         trail: AuditTrail,
         alerts: AlertBox,
         training: TrainingRegister,
         tokens,
     ) -> None:
-        self.rules, self.store, self.trail, self.alerts, self.training, self.tokens = (
-            rules,
-            store,
-            trail,
-            alerts,
-            training,
-            tokens,
-        )
+        """``audiences``: page → capability levels that may open it (from the record catalogue)."""
+        self.rules, self.audiences, self.store, self.trail = rules, dict(audiences), store, trail
+        self.alerts, self.training, self.tokens = alerts, training, tokens
         self._colleague_checks: dict[str, Future] = {}
+
+    # -- before anything is fetched ---------------------------------------------------------------------
+    def screen(self, ctx: LaunchContext) -> Decision | None:
+        """A refusal on the user's identity alone (no clinical role; standalone use without training)."""
+        trained = not ctx.standalone or self.training.attested(ctx.identity.sds_user_id if ctx.identity else None)
+        return screen(ctx.identity, self.rules, standalone=ctx.standalone, trained=trained)
 
     def prepare(self, ctx: LaunchContext, nhs: str | None, request_id: str) -> None:
         """Ask the user's own system whether the patient is a colleague while the record is being fetched,
@@ -55,29 +61,26 @@ class AccessService:
         if not nhs or ctx.id in self._colleague_checks or self.store.get(f"facts:{ctx.id}"):
             return
         client = EhrFhirClient(self.tokens, ctx.id, ctx.iss, request_id)
-        self._colleague_checks[ctx.id] = POOLS.executor().submit(is_colleague, client, nhs, ctx.identity or {})
+        self._colleague_checks[ctx.id] = fetch_executor().submit(is_colleague, client, nhs, ctx.identity)
         for key in list(self._colleague_checks)[:-200]:  # bounded: abandoned launches do not accumulate
             self._colleague_checks.pop(key, None)
 
-    # -- facts and overrides --------------------------------------------------------------------------
-    def facts(self, ctx: LaunchContext, record: ConsolidatedRecord, request_id: str) -> PatientFacts:
+    # -- facts, overrides, the decision -------------------------------------------------------------------
+    def facts(self, ctx: LaunchContext, gathering: Gathering, request_id: str) -> PatientFacts:
+        """From the raw resources of every organisation that answered, once per launch."""
         cached = self.store.get(f"facts:{ctx.id}")
         if cached:
             return PatientFacts(**{k: frozenset(v) if isinstance(v, list) else v for k, v in cached.items()})
-        client = EhrFhirClient(self.tokens, ctx.id, ctx.iss, request_id)
+        self.prepare(ctx, gathering.nhs_number, request_id)  # no-op when asked already at the launch
         future = self._colleague_checks.pop(ctx.id, None)
-        colleague = future.result(timeout=15) if future is not None else None
-        facts = patient_facts(ctx, record, client, colleague)
+        colleague = bool(future.result(timeout=15)) if future is not None else False
+        facts = patient_facts(ctx, gathering.nhs_number, gathering.loaded, colleague)
         self.store.set(
             f"facts:{ctx.id}",
             {k: sorted(v) if isinstance(v, frozenset) else v for k, v in asdict(facts).items()},
             ttl=FACTS_TTL,
         )
         return facts
-
-    def _bg_key(self, ctx: LaunchContext, nhs: str | None) -> str:
-        user = (ctx.identity or {}).get("sds_user_id") or (ctx.identity or {}).get("sub")
-        return f"break-glass:{user}:{nhs}"
 
     def overrides(self, ctx: LaunchContext, nhs: str | None) -> Overrides:
         reason = self.store.get(f"reason:{ctx.id}")
@@ -89,62 +92,54 @@ class AccessService:
         bg = self.store.get(self._bg_key(ctx, nhs))
         return bg["until"] if bg else None
 
-    # -- the decision ---------------------------------------------------------------------------------
-    def evaluate(self, ctx: LaunchContext, record: ConsolidatedRecord, request_id: str) -> Decision:
-        identity = ctx.identity or {}
-        if ctx.standalone and not self.training.attested(identity.get("sds_user_id")):
-            decision = Decision(
-                REFUSE,
-                None,
-                None,
-                "Before using the Shared Care Record outside an integrated "
-                "clinical system you must complete its training. Your training has not been recorded; "
-                "ask your privacy officer.",
-            )
-        else:
-            facts = self.facts(ctx, record, request_id)
-            decision = decide(identity, facts, self.overrides(ctx, record.nhs_number), self.rules)
-            if facts.is_user:
-                self._alert_once(
-                    ctx, "self-access", PRIVACY_OFFICER, record, "tried to open their own record (refused)."
-                )
+    def decide(self, ctx: LaunchContext, facts: PatientFacts, nhs: str | None) -> Decision:
+        trained = not ctx.standalone or self.training.attested(ctx.identity.sds_user_id if ctx.identity else None)
+        return decide(
+            ctx.identity,
+            facts,
+            self.overrides(ctx, nhs),
+            self.rules,
+            audiences=self.audiences,
+            standalone=ctx.standalone,
+            trained=trained,
+        )
+
+    def record_decision(
+        self,
+        ctx: LaunchContext,
+        decision: Decision,
+        request_id: str,
+        gathering: Gathering | None = None,
+        facts: PatientFacts | None = None,
+    ) -> None:
+        """Audit the decision (once per launch and outcome) and raise the alerts it calls for.
+        Raises AuditUnavailable, which refuses the page."""
         DECISIONS.labels(decision.outcome).inc()
-        self._audit_decision(ctx, record, decision, request_id)
-        if decision.alert in ("family", "colleague") and decision.outcome != "permit":
+        nhs = gathering.nhs_number if gathering else None
+        marker = f"decided:{ctx.id}:{decision.outcome}:{decision.purpose}"
+        if not self.store.get(marker):
+            self.trail.record(
+                "access-decision" if decision.outcome != REFUSE else "refusal",
+                request_id=request_id,
+                ctx=ctx,
+                patient_nhs=nhs,
+                patient_name=gathering.patient_name if gathering else None,
+                purpose=decision.purpose,
+                outcome="success" if decision.permitted else "minor-failure",
+                description=f"{decision.outcome}: {decision.basis}",
+                details={"scope": decision.scope, "withhold-sensitive": decision.withhold_sensitive},
+            )
+            self.store.set(marker, {"at": time.time()}, ttl=3600)
+        if facts is not None and facts.is_user:
+            self._alert_once(ctx, "self-access", PRIVACY_OFFICER, nhs, "tried to open their own record (refused).")
+        if decision.alert in ("family", "colleague") and not decision.permitted:
             who = "a relative" if decision.alert == "family" else "a colleague"
             self._alert_once(
-                ctx,
-                decision.alert,
-                PRIVACY_OFFICER,
-                record,
-                f"tried to open the record of {who} (break-glass required).",
+                ctx, decision.alert, PRIVACY_OFFICER, nhs, f"tried to open the record of {who} (break-glass required)."
             )
-        return decision
-
-    def _audit_decision(
-        self, ctx: LaunchContext, record: ConsolidatedRecord, decision: Decision, request_id: str
-    ) -> None:
-        marker = f"decided:{ctx.id}:{decision.outcome}:{decision.purpose}"
-        if self.store.get(marker):
-            return
-        kind = "access-decision" if decision.outcome != REFUSE else "refusal"
-        self.trail.record(
-            kind,
-            request_id=request_id,
-            ctx=ctx,
-            patient_nhs=record.nhs_number,
-            patient_name=_name(record),
-            purpose=decision.purpose,
-            outcome="success" if decision.permitted else "minor-failure",
-            description=f"{decision.outcome}: {decision.basis}",
-            details={"scope": decision.scope, "withhold-sensitive": decision.withhold_sensitive},
-        )
-        self.store.set(marker, {"at": time.time()}, ttl=3600)
 
     # -- forms --------------------------------------------------------------------------------------------
-    def record_reason(
-        self, ctx: LaunchContext, record: ConsolidatedRecord, code: str, note: str, request_id: str
-    ) -> None:
+    def record_reason(self, ctx: LaunchContext, gathering: Gathering, code: str, note: str, request_id: str) -> None:
         if code not in self.rules.reason_codes:
             raise AccessError("Choose one of the reasons listed.")
         note = (note or "").strip()[:500]
@@ -152,8 +147,8 @@ class AccessService:
             "reason-recorded",
             request_id=request_id,
             ctx=ctx,
-            patient_nhs=record.nhs_number,
-            patient_name=_name(record),
+            patient_nhs=gathering.nhs_number,
+            patient_name=gathering.patient_name,
             purpose=code,
             description=f"Reason for access recorded: {code}" + (f" – {note}" if note else ""),
             details={"reason-text": note},
@@ -161,19 +156,18 @@ class AccessService:
         self.store.set(f"reason:{ctx.id}", {"code": code, "note": note}, ttl=12 * 3600)
         what = f"opened the record with the self-declared reason '{code}'" + (f": {note}" if note else "") + "."
         # The care team learns who looked; privacy officers review self-declared reasons (B0016).
-        for recipient in [*(f"care-team:{ods}" for ods in self._care_team_ods(record)), PRIVACY_OFFICER]:
-            self._alert(ctx, "reason", recipient, record, what, event.seq)
+        holders = sorted({r.source.ods_code for r in gathering.loaded if r.source.ods_code})
+        for recipient in [*(f"care-team:{ods}" for ods in holders), PRIVACY_OFFICER]:
+            self._alert(ctx, "reason", recipient, gathering.nhs_number, what, event.seq)
 
-    def start_break_glass(
-        self, ctx: LaunchContext, record: ConsolidatedRecord, justification: str, request_id: str
-    ) -> float:
-        caps = capabilities(ctx.identity or {}, self.rules)
-        if not caps.emergency:
+    def start_break_glass(self, ctx: LaunchContext, gathering: Gathering, justification: str, request_id: str) -> float:
+        nhs = gathering.nhs_number
+        if not capabilities(ctx.identity, self.rules).emergency:
             self.trail.record(
                 "refusal",
                 request_id=request_id,
                 ctx=ctx,
-                patient_nhs=record.nhs_number,
+                patient_nhs=nhs,
                 outcome="minor-failure",
                 description="break-glass refused: no emergency access activity",
             )
@@ -188,59 +182,49 @@ class AccessService:
             "break-glass",
             request_id=request_id,
             ctx=ctx,
-            patient_nhs=record.nhs_number,
-            patient_name=_name(record),
+            patient_nhs=nhs,
+            patient_name=gathering.patient_name,
             purpose="ETREAT",
             description=f"Emergency access (break-glass): {text[:900]}",
             details={"justification": text[:1000], "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))},
         )
         self.store.set(
-            self._bg_key(ctx, record.nhs_number),
+            self._bg_key(ctx, nhs),
             {"until": until, "justification": text[:1000]},
             ttl=self.rules.break_glass_minutes * 60,
         )
         self._alert(
-            ctx, "break-glass", PRIVACY_OFFICER, record, f"used emergency access (break-glass): {text[:300]}", event.seq
+            ctx, "break-glass", PRIVACY_OFFICER, nhs, f"used emergency access (break-glass): {text[:300]}", event.seq
         )
         return until
 
     # -- alerts ---------------------------------------------------------------------------------------------
-    def _care_team_ods(self, record: ConsolidatedRecord) -> list[str]:
-        return sorted({r.source.ods_code for r in record.loaded if r.source.ods_code})
+    def _bg_key(self, ctx: LaunchContext, nhs: str | None) -> str:
+        return f"break-glass:{ctx.identity.user_id if ctx.identity else None}:{nhs}"
 
     def _alert(
-        self,
-        ctx: LaunchContext,
-        kind: str,
-        recipient: str,
-        record: ConsolidatedRecord,
-        what: str,
-        audit_seq: int | None = None,
+        self, ctx: LaunchContext, kind: str, recipient: str, nhs: str | None, what: str, audit_seq: int | None = None
     ) -> None:
-        identity = ctx.identity or {}
-        org = identity.get("organisation") or {}
-        org_name = org.get("name") or org.get("ods") or "unknown organisation"
+        identity = ctx.identity
+        name = identity.name if identity else None
+        org = identity.organisation if identity else None
         self.alerts.raise_alert(
             Alert(
                 id=None,
                 created=now(),
                 kind=kind,
                 recipient=recipient,
-                patient_nhs=record.nhs_number,
-                user_name=identity.get("name") or "unknown",
-                user_org=f"{org.get('name') or ''} ({org.get('ods') or '?'})",
-                message=f"{identity.get('name') or 'A user'} ({org_name}) {what}",
+                patient_nhs=nhs,
+                user_name=name or "unknown",
+                user_org=f"{(org.name if org else None) or ''} ({(org.ods if org else None) or '?'})",
+                message=f"{name or 'A user'} ({identity.organisation_label if identity else 'unknown organisation'}) "
+                f"{what}",
                 audit_seq=audit_seq,
             )
         )
 
-    def _alert_once(self, ctx: LaunchContext, kind: str, recipient: str, record: ConsolidatedRecord, what: str) -> None:
+    def _alert_once(self, ctx: LaunchContext, kind: str, recipient: str, nhs: str | None, what: str) -> None:
         marker = f"alerted:{ctx.id}:{kind}"
         if not self.store.get(marker):
-            self._alert(ctx, kind, recipient, record, what)
+            self._alert(ctx, kind, recipient, nhs, what)
             self.store.set(marker, {"at": time.time()}, ttl=12 * 3600)
-
-
-def _name(record: ConsolidatedRecord) -> str | None:
-    name = (record.patient.get("name") or [{}])[0]
-    return " ".join([*name.get("given", []), name.get("family", "")]).strip() or None

@@ -5,29 +5,17 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Column, MetaData, String, Table, select
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.audit.store import AuditStore, AuditUnavailable
-
-metadata = MetaData()
-training_table = Table(
-    "training_attestations",
-    metadata,
-    Column("sds_user_id", String(40), primary_key=True),
-    Column("completed", String(10), nullable=False),
-    Column("recorded_by", String(200), nullable=False),
-    Column("recorded_at", String(40), nullable=False),
-)
+from app.schema import training_attestations as training_table
 
 
 class TrainingRegister:
     def __init__(self, store: AuditStore, configured: list[dict] | None = None) -> None:
         self.store = store
         self.configured = {str(t["sds_user_id"]): str(t["completed"]) for t in configured or [] if t.get("sds_user_id")}
-
-    def create_schema(self) -> None:
-        metadata.create_all(self.store.engine)
 
     def attested(self, sds_user_id: str | None) -> bool:
         if not sds_user_id:

@@ -1,41 +1,23 @@
 """Alerts about accesses that need a human to look: recorded reasons, break-glass, conflicts of interest.
 
-Stored next to the audit trail (but not in the chain: alerts get acknowledged, events never change) and
-handed to pluggable deliverers — by default a webhook that posts to the care team's inbox (the sandbox
-EHR has one); more can be added without touching the access code.
+Stored next to the audit trail (but not in the chain: alerts get acknowledged, events never change). Each
+alert is also sent to the configured webhooks (e.g. the care team's inbox; the sandbox EHR has one) — not
+from the user's request: ``raise_alert`` writes the alert and its outbox rows in one transaction and
+returns, and the outbox's worker delivers them with retries (app/audit/outbox.py).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
-import requests
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from .store import AuditStore, AuditUnavailable
+from app.schema import alerts as alerts_table
 
-log = logging.getLogger(__name__)
-metadata = MetaData()
-alerts_table = Table(
-    "alerts",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("created", String(40), nullable=False),
-    Column("kind", String(40), nullable=False),  # reason | break-glass | family | colleague
-    Column("recipient", String(80), nullable=False, index=True),  # privacy-officer | care-team:<ODS>
-    Column("patient_nhs", String(10), index=True),
-    Column("user_name", String(200)),
-    Column("user_org", String(200)),
-    Column("message", Text, nullable=False),
-    Column("audit_seq", Integer),
-    Column("acknowledged_by", String(200)),
-    Column("acknowledged_at", String(40)),
-)
+from .outbox import AlertOutbox
+from .store import AuditStore, AuditUnavailable
 
 
 @dataclass
@@ -53,46 +35,25 @@ class Alert:
     acknowledged_at: str | None = None
 
 
-class Deliverer(Protocol):
-    def deliver(self, alert: Alert) -> None: ...
-
-
-class WebhookDeliverer:
-    """POSTs the alert as JSON (e.g. to a care team's inbox); a failed delivery is logged, never fatal."""
-
-    def __init__(self, url: str, timeout: float = 3.0) -> None:
-        self.url, self.timeout = url, timeout
-
-    def deliver(self, alert: Alert) -> None:
-        try:
-            requests.post(
-                self.url,
-                data=json.dumps(alert.__dict__),
-                timeout=self.timeout,
-                headers={"Content-Type": "application/json"},
-            )
-        except requests.RequestException as exc:
-            log.warning("alert %s not delivered to %s: %s", alert.id, self.url, exc.__class__.__name__)
-
-
 class AlertBox:
-    def __init__(self, store: AuditStore, deliverers: list[Deliverer] | None = None) -> None:
-        self.store = store
-        self.deliverers = deliverers or []
+    """Stores alerts, lists and acknowledges them; hands each new one to the outbox in the same transaction."""
 
-    def create_schema(self) -> None:
-        metadata.create_all(self.store.engine)
+    def __init__(self, store: AuditStore, outbox: AlertOutbox | None = None) -> None:
+        self.store, self.outbox = store, outbox
 
     def raise_alert(self, alert: Alert) -> Alert:
+        """Store the alert and queue it for every webhook, atomically; no network before returning."""
         try:
             with self.store.engine.begin() as conn:
                 values = {k: v for k, v in alert.__dict__.items() if k != "id"}
                 result = conn.execute(insert(alerts_table).values(**values))
                 alert.id = result.inserted_primary_key[0]
+                if self.outbox is not None:
+                    self.outbox.enqueue(conn, alert.id)
         except SQLAlchemyError as exc:
             raise AuditUnavailable(f"alert could not be stored: {exc.__class__.__name__}") from exc
-        for deliverer in self.deliverers:
-            deliverer.deliver(alert)
+        if self.outbox is not None:
+            self.outbox.nudge()
         return alert
 
     def list(

@@ -11,6 +11,7 @@ import time
 from core.identifiers import JOB_ROLE_SYSTEM as JOB_ROLE
 from core.identifiers import NHS_NUMBER_SYSTEM as NHS_NUMBER
 from core.identifiers import SDS_USER_SYSTEM as SDS_USER
+from launch.identity import UserIdentity
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -62,7 +63,7 @@ def now() -> str:
 def audit_event(
     kind: str,
     *,
-    user: dict | None,
+    user: UserIdentity | None,
     client_id: str,
     observer: str,
     request_id: str,
@@ -149,23 +150,22 @@ def audit_event(
     return event
 
 
-def _user_agent(user: dict | None, purpose: str | None) -> dict:
-    user = user or {}
+def _user_agent(user: UserIdentity | None, purpose: str | None) -> dict:
     agent: dict = {
         "type": {"coding": [{"system": PARTICIPATION, "code": "IRCP", "display": "information recipient"}]},
-        "who": {"display": user.get("name") or "unknown user"},
+        "who": {"display": (user.name if user else None) or "unknown user"},
         "requestor": True,
     }
-    if user.get("sds_user_id"):
-        agent["who"]["identifier"] = {"system": SDS_USER, "value": user["sds_user_id"]}
-    elif user.get("sub"):
-        agent["who"]["identifier"] = {"value": user["sub"]}
-    roles = [{"coding": [{"system": JOB_ROLE, "code": code}]} for code in user.get("role_codes") or []]
+    if user and user.sds_user_id:
+        agent["who"]["identifier"] = {"system": SDS_USER, "value": user.sds_user_id}
+    elif user and user.sub:
+        agent["who"]["identifier"] = {"value": user.sub}
+    roles = [{"coding": [{"system": JOB_ROLE, "code": code}]} for code in (user.role_codes if user else ())]
     if roles:
         agent["role"] = roles
-    org = user.get("organisation") or {}
-    if org.get("ods"):
-        agent["location"] = {"display": f"{org.get('name') or ''} ({org['ods']})".strip()}
+    org = user.organisation if user else None
+    if org and org.ods:
+        agent["location"] = {"display": f"{org.name or ''} ({org.ods})".strip()}
     if purpose:
         agent["purposeOfUse"] = [{"coding": [{"system": ACT_REASON, "code": purpose}]}]
     return agent

@@ -17,22 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (
-    Column,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    insert,
-    select,
-    text,
-)
+from sqlalchemy import create_engine, event, insert, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+
+from app.schema import audit_events
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +29,6 @@ GENESIS = "0" * 64
 MIGRATIONS_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 _MIGRATION_LOCK = threading.Lock()
 ADVISORY_LOCK_KEY = 7_204_117  # any constant: the chain's lock in PostgreSQL
-
-metadata = MetaData()
-audit_events = Table(
-    "audit_events",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=False),
-    Column("recorded", String(40), nullable=False),
-    Column("patient_nhs", String(10), index=True),
-    Column("user_id", String(200), index=True),
-    Column("org_ods", String(20), index=True),
-    Column("purpose", String(20), index=True),
-    Column("action_code", String(80), nullable=False),
-    Column("outcome", String(2), nullable=False),
-    Column("event_json", Text, nullable=False),
-    Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False, unique=True),
-)
-Index("ix_audit_recorded", audit_events.c.recorded)
 
 
 class AuditUnavailable(RuntimeError):
@@ -94,10 +65,6 @@ def chain_hash(prev_hash: str, seq: int, body: str, index: dict | None = None) -
     """Covers the event and the searchable columns beside it, so neither can be changed unnoticed."""
     columns = "|".join(str((index or {}).get(c) or "") for c in INDEX_COLUMNS)
     return hashlib.sha256(f"{prev_hash}|{seq}|{columns}|{body}".encode()).hexdigest()
-
-
-def database_url(url: str | None, default_path: Path) -> str:
-    return url or f"sqlite:///{default_path}"
 
 
 class AuditStore:

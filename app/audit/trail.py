@@ -6,6 +6,7 @@ import time
 
 from app.observability import AUDIT_LATENCY, AUDIT_WRITES
 from launch.context import LaunchContext
+from launch.identity import UserIdentity
 
 from .events import audit_event
 from .store import AuditStore, AuditUnavailable, StoredEvent
@@ -21,7 +22,7 @@ class AuditTrail:
         *,
         request_id: str,
         ctx: LaunchContext | None = None,
-        user: dict | None = None,
+        user: UserIdentity | None = None,
         client_id: str = "scr-viewer",
         patient_nhs: str | None = None,
         patient_name: str | None = None,
@@ -32,7 +33,7 @@ class AuditTrail:
         details: dict | None = None,
     ) -> StoredEvent:
         """Append an AuditEvent; raises AuditUnavailable, which the caller turns into a refusal."""
-        user = user if user is not None else (ctx.identity if ctx else None) or {}
+        user = user if user is not None else (ctx.identity if ctx else None)
         event = audit_event(
             kind,
             user=user,
@@ -47,14 +48,13 @@ class AuditTrail:
             what=what,
             details={"launch-context": ctx.id if ctx else None, "iss": ctx.iss if ctx else None, **(details or {})},
         )
-        org = (user.get("organisation") or {}).get("ods")
         started = time.perf_counter()
         try:
             stored = self.store.append(
                 event,
                 patient_nhs=patient_nhs,
-                user_id=user.get("sds_user_id") or user.get("sub"),
-                org_ods=org,
+                user_id=user.user_id if user else None,
+                org_ods=user.ods if user else None,
                 purpose=purpose,
                 action_code=kind,
                 outcome=event["outcome"],

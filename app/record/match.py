@@ -1,15 +1,17 @@
 """Patient matching across organisations: by NHS number only, with a demographic cross-check.
 
-Matching is done by the fetch (``Patient?identifier=<nhs-number system>|<number>``); this module checks
-the number before anything is fetched, and compares what each organisation says about the person so a
-mismatch is shown to the clinician rather than silently merged.
+This module says how a person is found at an organisation (``Patient?identifier=<nhs-number system>|
+<number>``, run by the fetch), which answers really are that person, checks the number before anything
+is fetched, and compares what each organisation says about the person so a mismatch is shown to the
+clinician rather than silently merged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from core.nhs_number import from_identifiers, is_valid
+from core.nhs_number import NHS_NUMBER_SYSTEM, from_identifiers, is_valid
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,18 @@ def nhs_number_of(patient: dict) -> str | None:
     """The patient's NHS number when present and valid (Modulus 11); None otherwise."""
     value = from_identifiers(patient.get("identifier"))
     return value if value and is_valid(value) else None
+
+
+def patient_search(nhs: str) -> dict[str, str]:
+    """The search that finds the person at an organisation: by NHS number only, never by demographics."""
+    return {"identifier": f"{NHS_NUMBER_SYSTEM}|{nhs}"}
+
+
+def matching_patients(candidates: Iterable[dict], nhs: str) -> list[dict]:
+    """Servers may ignore the identifier parameter: keep only Patients that really carry this NHS number."""
+    return [
+        r for r in candidates if r.get("resourceType") == "Patient" and from_identifiers(r.get("identifier")) == nhs
+    ]
 
 
 def demographics(source_name: str, patient: dict) -> Demographics:

@@ -26,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from core.names import display_name
 
 OPEN_END = "9999-12-31"
 NKA_CODES = {
@@ -51,6 +53,52 @@ class SourceRef:
     last_updated: str | None
 
 
+@dataclass(frozen=True)
+class MedicationDetail:
+    dose: str
+    last_issued: str | None
+    doses: tuple[str, ...]  # every distinct dose recorded for this medicine
+
+
+@dataclass(frozen=True)
+class AllergyDetail:
+    nka: bool  # a "no known allergies" statement rather than an allergy
+    criticality: str | None
+    reactions: tuple[str, ...]
+    category: str
+
+
+@dataclass(frozen=True)
+class EncounterDetail:
+    kind: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResultDetail:
+    value: str
+    category: str
+    numeric: dict[str, tuple[float, str]]  # series name → (value, unit), for trend charts
+    interpretation: str
+
+
+@dataclass(frozen=True)
+class ReportDetail:
+    conclusion: str | None
+    results: int
+
+
+@dataclass(frozen=True)
+class DocumentDetail:
+    description: str | None
+    content_type: str | None
+    authors: tuple[str, ...]
+    category: str
+
+
+Detail = MedicationDetail | AllergyDetail | EncounterDetail | ResultDetail | ReportDetail | DocumentDetail
+
+
 @dataclass
 class Row:
     section: str
@@ -61,7 +109,7 @@ class Row:
     resources: list[dict]
     status: str | None = None
     end: str | None = None
-    detail: dict = field(default_factory=dict)
+    detail: Detail | None = None  # the section's own typed fields
     conflicts: list[str] = field(default_factory=list)
 
     @property
@@ -326,13 +374,13 @@ def medications(items: list[Item]) -> list[Row]:
             min(s for s, _ in spans),
             end=None if end == OPEN_END else end,
             status="current" if current else "past",
-            detail={
-                "dose": dose_text(latest),
-                "last_issued": max(issued) if issued else None,
-                "doses": sorted({dose_text(m.resource) for m in members if dose_text(m.resource)}),
-            },
+            detail=MedicationDetail(
+                dose=dose_text(latest),
+                last_issued=max(issued) if issued else None,
+                doses=tuple(sorted({dose_text(m.resource) for m in members if dose_text(m.resource)})),
+            ),
         )
-        if len(row.detail["doses"]) > 1 and len(row.source_ids) > 1:
+        if len(row.detail.doses) > 1 and len(row.source_ids) > 1:
             row.conflicts.append(
                 "Different doses recorded: "
                 + "; ".join(f"{dose_text(m.resource)} at {m.source.name}" for m in members if dose_text(m.resource))
@@ -351,7 +399,7 @@ def _flag_dose_conflicts(current: list[Row]) -> None:
     for rows in by_ingredient.values():
         if len(rows) < 2 or len({s for r in rows for s in r.source_ids}) < 2:
             continue
-        described = {r.id: f"{r.title} {r.detail.get('dose') or ''}".strip() for r in rows}
+        described = {r.id: f"{r.title} {r.detail.dose or ''}".strip() for r in rows}
         if len(set(described.values())) < 2:
             continue
         for row in rows:
@@ -378,20 +426,22 @@ def allergies(items: list[Item]) -> list[Row]:
             code,
             day(first.get("recordedDate") or first.get("onsetDateTime")),
             status=status_code(first.get("clinicalStatus")) or ("no-known" if nka else None),
-            detail={
-                "nka": nka,
-                "criticality": first.get("criticality"),
-                "reactions": sorted(
-                    {
-                        concept_text(m)
-                        for r in members
-                        for rx in r.resource.get("reaction") or []
-                        for m in rx.get("manifestation") or []
-                        if concept_text(m)
-                    }
+            detail=AllergyDetail(
+                nka=nka,
+                criticality=first.get("criticality"),
+                reactions=tuple(
+                    sorted(
+                        {
+                            concept_text(m)
+                            for r in members
+                            for rx in r.resource.get("reaction") or []
+                            for m in rx.get("manifestation") or []
+                            if concept_text(m)
+                        }
+                    )
                 ),
-                "category": ", ".join(first.get("category") or []),
-            },
+                category=", ".join(first.get("category") or []),
+            ),
         )
         if len(verification) > 1:
             row.conflicts.append("Organisations disagree whether this is confirmed: " + ", ".join(sorted(verification)))
@@ -399,11 +449,11 @@ def allergies(items: list[Item]) -> list[Row]:
     real = [
         r
         for r in rows
-        if not r.detail["nka"]
+        if not r.detail.nka
         and r.status not in ("inactive", "resolved")
         and "refuted" not in {status_code(x.get("verificationStatus")) for x in r.resources}
     ]
-    for nka_row in (r for r in rows if r.detail["nka"]):
+    for nka_row in (r for r in rows if r.detail.nka):
         clashing = [r for r in real if not set(r.source_ids) <= set(nka_row.source_ids)]
         if clashing:
             nka_row.conflicts.append(
@@ -413,7 +463,7 @@ def allergies(items: list[Item]) -> list[Row]:
             )
             for r in clashing:
                 r.conflicts.append(f"Recorded as '{nka_row.title}' at {', '.join(s.name for s in nka_row.sources)}.")
-    return sorted(rows, key=lambda r: (r.detail["nka"], r.title.lower()))
+    return sorted(rows, key=lambda r: (r.detail.nka, r.title.lower()))
 
 
 ENCOUNTER_CLASSES = {
@@ -444,7 +494,7 @@ def encounters(items: list[Item]) -> list[Row]:
                 (r.get("period") or {}).get("start"),
                 end=(r.get("period") or {}).get("end"),
                 status=r.get("status"),
-                detail={"kind": ENCOUNTER_CLASSES.get(cls, cls or ""), "reasons": reasons},
+                detail=EncounterDetail(kind=ENCOUNTER_CLASSES.get(cls, cls or ""), reasons=tuple(reasons)),
             )
         )
     return newest_first(rows)
@@ -497,12 +547,12 @@ def results(items: list[Item]) -> list[Row]:
                 code_key(r.get("code")),
                 observation_time(r),
                 status=r.get("status"),
-                detail={
-                    "value": observation_value(r),
-                    "category": category,
-                    "numeric": numeric_points(r),
-                    "interpretation": concept_text((r.get("interpretation") or [None])[0]),
-                },
+                detail=ResultDetail(
+                    value=observation_value(r),
+                    category=category,
+                    numeric=numeric_points(r),
+                    interpretation=concept_text((r.get("interpretation") or [None])[0]),
+                ),
             )
         )
     return newest_first(rows)
@@ -530,7 +580,7 @@ def coded_on_a_day(
     code_of: Callable[[dict], dict | None],
     when: Callable[[dict], str | None],
     fallback: str,
-    detail: Callable[[dict], dict] | None = None,
+    detail: Callable[[dict], Detail] | None = None,
 ):
     """Sections whose fact is "this code, on this day": reports, immunisations, procedures."""
 
@@ -546,7 +596,7 @@ def coded_on_a_day(
                     code_key(code_of(r)),
                     when(r),
                     status=r.get("status"),
-                    detail=detail(r) if detail else {},
+                    detail=detail(r) if detail else None,
                 )
             )
         return newest_first(rows)
@@ -559,7 +609,7 @@ reports = coded_on_a_day(
     lambda r: r.get("code"),
     observation_time,
     "Report",
-    lambda r: {"conclusion": r.get("conclusion"), "results": len(r.get("result") or [])},
+    lambda r: ReportDetail(conclusion=r.get("conclusion"), results=len(r.get("result") or [])),
 )
 immunisations = coded_on_a_day(
     "immunisations", lambda r: r.get("vaccineCode"), lambda r: r.get("occurrenceDateTime"), "Vaccine"
@@ -580,12 +630,12 @@ def documents(items: list[Item]) -> list[Row]:
                 code_key(r.get("type")),
                 r.get("date") or (r.get("context") or {}).get("period", {}).get("start"),
                 status=r.get("docStatus") or r.get("status"),
-                detail={
-                    "description": r.get("description"),
-                    "content_type": attachment.get("contentType"),
-                    "authors": [a.get("display") for a in r.get("author") or [] if a.get("display")],
-                    "category": next((concept_text(c) for c in r.get("category") or []), ""),
-                },
+                detail=DocumentDetail(
+                    description=r.get("description"),
+                    content_type=attachment.get("contentType"),
+                    authors=tuple(a.get("display") for a in r.get("author") or [] if a.get("display")),
+                    category=next((concept_text(c) for c in r.get("category") or []), ""),
+                ),
             )
         )
     return newest_first(rows)
@@ -617,70 +667,5 @@ def newest_first(rows: list[Row], then: Callable[[Row], object] | None = None) -
     return sorted(rows, key=then) if then else rows
 
 
-def _person_name(r: dict) -> str:
-    name = (r.get("name") or [{}])[0]
-    return name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]).strip()
-
-
-SECTION_BUILDERS: dict[str, tuple[tuple[str, ...], Callable[[list[Item]], list[Row]]]] = {
-    "problems": (("Condition",), problems),
-    "medications": (("MedicationRequest", "MedicationStatement"), medications),
-    "allergies": (("AllergyIntolerance",), allergies),
-    "encounters": (("Encounter",), encounters),
-    "results": (("Observation",), results),
-    "reports": (("DiagnosticReport",), reports),
-    "immunisations": (("Immunization",), immunisations),
-    "procedures": (("Procedure",), procedures),
-    "documents": (("DocumentReference",), documents),
-    "care_plans": (
-        ("CarePlan",),
-        simple(
-            "care_plans",
-            lambda r: r.get("title") or concept_text((r.get("category") or [None])[0]) or "Care plan",
-            lambda r: (r.get("period") or {}).get("start") or r.get("created"),
-        ),
-    ),
-    "care_teams": (
-        ("CareTeam",),
-        simple(
-            "care_teams",
-            lambda r: r.get("name") or concept_text((r.get("category") or [None])[0]) or "Care team",
-            lambda r: (r.get("period") or {}).get("start"),
-        ),
-    ),
-    "episodes": (
-        ("EpisodeOfCare",),
-        simple(
-            "episodes",
-            lambda r: concept_text((r.get("type") or [None])[0]) or "Episode of care",
-            lambda r: (r.get("period") or {}).get("start"),
-        ),
-    ),
-    "flags": (
-        ("Flag",),
-        simple(
-            "flags", lambda r: concept_text(r.get("code")) or "Alert", lambda r: (r.get("period") or {}).get("start")
-        ),
-    ),
-    "consents": (
-        ("Consent",),
-        simple(
-            "consents",
-            lambda r: concept_text((r.get("category") or [None])[0]) or "Consent",
-            lambda r: r.get("dateTime"),
-        ),
-    ),
-    "contacts": (("RelatedPerson",), simple("contacts", _person_name, lambda r: (r.get("period") or {}).get("start"))),
-}
-
-
-def build_sections(items_by_type: dict[str, list[Item]]) -> dict[str, list[Row]]:
-    out = {}
-    for section, (types, builder) in SECTION_BUILDERS.items():
-        items: list[Item] = [i for t in types for i in items_by_type.get(t, [])]
-        out[section] = builder(items)
-    return out
-
-
-def items_from(source_ref: Callable[[dict], SourceRef], resources: Iterable[dict]) -> list[Item]:
-    return [Item(r, source_ref(r)) for r in resources]
+def person_name(r: dict) -> str:
+    return display_name(r.get("name")) or ""

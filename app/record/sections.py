@@ -1,4 +1,7 @@
-"""View models for the record pages: the summary, trend series, filters and pages of rows."""
+"""View models for the record pages: the summary, trend series, filters and pages of rows.
+
+Navigation and table columns come from the catalogue (``catalogue.py``), not from here.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +14,6 @@ from .service import ConsolidatedRecord
 PAGE_ROWS = 100
 SUMMARY_ENCOUNTERS = 5
 SUMMARY_RESULTS = 8
-SECTIONS = (
-    ("summary", "Summary"),
-    ("problems", "Problems"),
-    ("medications", "Medications"),
-    ("allergies", "Allergies"),
-    ("encounters", "Encounters"),
-    ("results", "Results"),
-    ("immunisations", "Immunisations"),
-    ("procedures", "Procedures"),
-    ("documents", "Documents"),
-    ("care", "Care team and services"),
-)
 KIND_LABELS = {
     "gp": "GP practice",
     "acute": "Hospital",
@@ -103,7 +94,7 @@ def trends(record: ConsolidatedRecord, minimum: int = 2) -> list[Trend]:
     """Numeric results as series across every organisation, the longest series first."""
     series: dict[str, Trend] = {}
     for row in record.section("results"):
-        for name, (value, unit) in row.detail.get("numeric", {}).items():
+        for name, (value, unit) in row.detail.numeric.items():
             if not name or not row.date:
                 continue
             trend = series.setdefault(name, Trend(name, unit, [], []))

@@ -1,7 +1,8 @@
-"""Gathers one launch's consolidated record: start the fetch, watch it, merge what has arrived.
+"""Gathers one launch's record (fetch + match at every organisation) and merges it into sections.
 
-The fetch for a launch context is started once and kept for a short time (the per-launch record cache),
-so every section page, progress poll and export of that launch reuses it.
+The gathering for a launch context is started once and kept for a short time (the per-launch record
+cache), so every section page, progress poll and export of that launch reuses it. Merging happens once
+per withholding rule, after the access decision: what may not be shown never reaches a row.
 """
 
 from __future__ import annotations
@@ -10,21 +11,24 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 
 from app.config import Config
+from core.http import fetch_executor
+from core.names import display_name
 from launch.backend import BackendTokens
 from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
 from launch.tokens import TokenManager
 
-from .fetch import POOLS, FetchJob, SourceResult, TokenSource, restore, snapshot_of
+from .catalogue import Catalogue
+from .fetch import FetchJob, SourceResult, TokenSource, restore, snapshot_of
 from .match import Demographics, demographic_warnings, demographics, nhs_number_of
-from .merge import Item, Row, SourceRef, build_sections
+from .merge import Item, Row, SourceRef
 from .sources import RecordSource, record_sources
 
 log = logging.getLogger(__name__)
@@ -32,17 +36,13 @@ RECORD_TTL = 300  # seconds a fetched record is reused before it is fetched agai
 MAX_CACHED_RECORDS = 20  # per worker: bounds memory (~13 MB for the largest sandbox patient)
 
 
-class Withholding:
-    """What may not be shown: the access decision's rule, applied before merging."""
+class Withholding(Protocol):
+    """What may not be shown (the access decision's rule): applied to raw resources before merging."""
 
-    def __init__(self, sensitive: Callable[[dict], bool] | None, withheld_ods: frozenset[str]) -> None:
-        self.sensitive, self.withheld_ods = sensitive, withheld_ods
-        self.key = (sensitive is not None, tuple(sorted(withheld_ods)))
+    @property
+    def key(self) -> tuple: ...
 
-    def hides(self, source: RecordSource, resource: dict) -> bool:
-        if source.ods_code and source.ods_code in self.withheld_ods:
-            return True
-        return bool(self.sensitive and self.sensitive(resource))
+    def hides(self, ods: str | None, resource: dict) -> bool: ...
 
 
 @dataclass
@@ -63,7 +63,7 @@ class ConsolidatedRecord:
         return [r for r in self.results if r.usable]
 
     @property
-    def problems(self) -> list[SourceResult]:
+    def incomplete_sources(self) -> list[SourceResult]:
         """Sources whose data is missing or incomplete: the completeness banner lists every one."""
         return [r for r in self.results if r.state in ("failed", "partial")]
 
@@ -73,28 +73,51 @@ class ConsolidatedRecord:
 
 
 @dataclass
-class _Entry:
+class Gathering:
+    """One launch's record being gathered: the launching EHR's Patient, then every organisation's answer."""
+
     created: float
-    job: FetchJob | None
+    job: FetchJob | None  # None when there is no valid NHS number: nothing is fetched
     patient: dict
     nhs_number: str | None
     merged: dict[tuple, ConsolidatedRecord] = field(default_factory=dict)
     shared: bool = False  # already in (or read from) the shared record cache
     ctx_id: str = ""
 
+    @property
+    def results(self) -> list[SourceResult]:
+        return list(self.job.results.values()) if self.job else []
+
+    @property
+    def complete(self) -> bool:
+        return self.job is None or self.job.all_done()
+
+    @property
+    def loaded(self) -> list[SourceResult]:
+        return [r for r in self.results if r.usable]
+
+    @property
+    def patient_name(self) -> str | None:
+        return display_name(self.patient.get("name"))
+
+    def wait(self, timeout: float) -> bool:
+        return self.job.wait(timeout) if self.job else True
+
 
 class RecordService:
-    def __init__(self, config: Config, tokens: TokenManager, backend: BackendTokens, shared=None) -> None:
+    def __init__(
+        self, config: Config, catalogue: Catalogue, tokens: TokenManager, backend: BackendTokens, shared=None
+    ) -> None:
         """``shared``: a store with get_bytes/set_bytes (Redis) so any worker or host can reuse a fetch."""
-        self.config, self.tokens, self.backend, self.shared = config, tokens, backend, shared
-        self._cache: dict[str, _Entry] = {}
+        self.config, self.catalogue, self.tokens, self.backend, self.shared = config, catalogue, tokens, backend, shared
+        self._cache: dict[str, Gathering] = {}
         self._lock = threading.Lock()
         self._starting: dict[str, Future] = {}
 
-    def start_early(self, ctx: LaunchContext, request_id: str, then=None) -> None:
+    def gather_early(self, ctx: LaunchContext, request_id: str, then=None) -> None:
         """Begin gathering the record while the browser is still following the sign-in redirect."""
 
-        def run() -> _Entry:
+        def run() -> Gathering:
             entry = self._start_now(ctx, request_id, refresh=False)
             if then is not None:
                 then(entry)
@@ -102,11 +125,11 @@ class RecordService:
 
         with self._lock:
             if ctx.id not in self._starting:
-                self._starting[ctx.id] = POOLS.executor().submit(run)
+                self._starting[ctx.id] = fetch_executor().submit(run)
             for key in list(self._starting)[:-200]:  # launches never viewed do not accumulate
                 self._starting.pop(key, None)
 
-    def start(self, ctx: LaunchContext, request_id: str, refresh: bool = False) -> _Entry:
+    def gather(self, ctx: LaunchContext, request_id: str, refresh: bool = False) -> Gathering:
         """The launch's fetch, started now or reused from the cache (or from an early start in flight)."""
         with self._lock:
             early = self._starting.pop(ctx.id, None) if not refresh else None
@@ -117,7 +140,7 @@ class RecordService:
                 log.info("early start for %s… failed (%s); starting again", ctx.id[:6], exc.__class__.__name__)
         return self._start_now(ctx, request_id, refresh)
 
-    def _start_now(self, ctx: LaunchContext, request_id: str, refresh: bool) -> _Entry:
+    def _start_now(self, ctx: LaunchContext, request_id: str, refresh: bool) -> Gathering:
         with self._lock:
             entry = self._cache.get(ctx.id)
             fresh = entry and (time.time() - entry.created < RECORD_TTL or (entry.job and not entry.job.all_done()))
@@ -137,8 +160,16 @@ class RecordService:
             sources = record_sources(self.config, ctx.iss)
             tokens = {s.id: self._token_source(s, ctx) for s in sources}
             known = {s.id: patient for s in sources if s.auth == "user"}  # already read: no second round trip
-            job = FetchJob(sources, nhs, tokens, request_id, known_patients=known).start()
-        entry = _Entry(time.time(), job, patient, nhs, ctx_id=ctx.id)
+            job = FetchJob(
+                sources,
+                nhs,
+                tokens,
+                request_id,
+                known_patients=known,
+                types=self.catalogue.fetch_types,
+                patient_fields=self.catalogue.patient_fields,
+            ).start()
+        entry = Gathering(time.time(), job, patient, nhs, ctx_id=ctx.id)
         with self._lock:
             self._cache[ctx.id] = entry
             for key in [k for k, e in self._cache.items() if time.time() - e.created > 4 * RECORD_TTL]:
@@ -147,17 +178,23 @@ class RecordService:
                 del self._cache[next(iter(self._cache))]
         return entry
 
-    def record(self, entry: _Entry, withhold: Withholding | None = None) -> ConsolidatedRecord:
-        """Merge every source that has finished, leaving out what ``withhold`` says may not be shown.
+    def progress(self, gathering: Gathering) -> ConsolidatedRecord:
+        """Each organisation's state and nothing clinical: for the loading page and refusals."""
+        return ConsolidatedRecord(
+            gathering.nhs_number, gathering.patient, gathering.results, complete=gathering.complete
+        )
 
-        Cached per set of finished sources and withholding rule, so polling and paging cost nothing.
+    def merged(self, gathering: Gathering, withholding: Withholding | None = None) -> ConsolidatedRecord:
+        """Merge every organisation that has answered, leaving out what ``withholding`` hides.
+
+        Cached per set of answered organisations and withholding rule, so paging costs nothing.
         """
-        if entry.job is None:
-            return ConsolidatedRecord(None, entry.patient, [], complete=True)
-        results = list(entry.job.results.values())
-        key = (tuple(sorted(r.source.id for r in results if r.done)), withhold.key if withhold else None)
+        if gathering.job is None:
+            return ConsolidatedRecord(None, gathering.patient, [], complete=True)
+        results = gathering.results
+        key = (tuple(sorted(r.source.id for r in results if r.done)), withholding.key if withholding else None)
         with self._lock:
-            cached = entry.merged.get(key)
+            cached = gathering.merged.get(key)
         if cached:
             return cached
         items: dict[str, list[Item]] = {}
@@ -167,29 +204,31 @@ class RecordService:
             if not result.usable:
                 continue
             people.append(demographics(result.source.name, result.patient))
+            ods = result.source.ods_code or None
             for rtype, resources in result.resources.items():
                 for r in resources:
-                    if withhold and withhold.hides(result.source, r):
+                    if withholding and withholding.hides(ods, r):
                         withheld += 1
                         continue
                     items.setdefault(rtype, []).append(Item(r, _source_ref(result.source, r)))
-        if len(key[0]) == len(results) and self.shared is not None and not entry.shared:
-            self._save_snapshot(entry)
+        complete = len(key[0]) == len(results)
+        if complete and self.shared is not None and not gathering.shared:
+            self._save_snapshot(gathering)
         record = ConsolidatedRecord(
-            nhs_number=entry.nhs_number,
-            patient=entry.patient,
+            nhs_number=gathering.nhs_number,
+            patient=gathering.patient,
             results=results,
-            sections=build_sections(items),
+            sections=self.catalogue.build(items),
             warnings=demographic_warnings(people),
-            complete=len(key[0]) == len(results),
+            complete=complete,
             withheld=withheld,
         )
         with self._lock:
-            entry.merged = {k: v for k, v in entry.merged.items() if k[0] == key[0]} | {key: record}
+            gathering.merged = {k: v for k, v in gathering.merged.items() if k[0] == key[0]} | {key: record}
         return record
 
     # -- the shared record cache (Redis): one fetch per launch, whichever node serves the next page ------
-    def _save_snapshot(self, entry: _Entry) -> None:
+    def _save_snapshot(self, entry: Gathering) -> None:
         data = {
             "created": entry.created,
             "patient": entry.patient,
@@ -201,7 +240,7 @@ class RecordService:
         self.shared.set_bytes(f"record:{entry.ctx_id}", zlib.compress(orjson.dumps(data), 1), ttl)
         entry.shared = True
 
-    def _load_snapshot(self, ctx: LaunchContext) -> _Entry | None:
+    def _load_snapshot(self, ctx: LaunchContext) -> Gathering | None:
         raw = self.shared.get_bytes(f"record:{ctx.id}")
         if not raw:
             return None
@@ -212,7 +251,7 @@ class RecordService:
             data["nhs"],
             data["request_id"],
         )
-        return _Entry(data["created"], job, data["patient"], data["nhs"], shared=True, ctx_id=ctx.id)
+        return Gathering(data["created"], job, data["patient"], data["nhs"], shared=True, ctx_id=ctx.id)
 
     def _token_source(self, source: RecordSource, ctx: LaunchContext) -> TokenSource | None:
         if source.auth == "user":

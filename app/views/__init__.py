@@ -1,14 +1,19 @@
-"""The viewer's pages: start page, the record pages, errors."""
+"""The viewer's pages: start page, help, the record pages, the access forms, the privacy officer's pages."""
 
 from __future__ import annotations
 
 from flask import Flask, render_template
 
+from app.record.catalogue import Catalogue
+
 from . import access, privacy, record
 
 
-def register_views(app: Flask) -> None:
+def init_app(app: Flask, catalogue: Catalogue) -> None:
     config = app.config["SCR"]
+    clash = {s.name for s in catalogue.pages} & _fixed_record_paths(app)
+    if clash:
+        raise ValueError(f"record sections would shadow fixed record pages: {', '.join(sorted(clash))}")
 
     @app.get("/help")
     def help_page():
@@ -21,3 +26,8 @@ def register_views(app: Flask) -> None:
     app.register_blueprint(record.bp)
     app.register_blueprint(access.bp)
     app.register_blueprint(privacy.bp)
+
+
+def _fixed_record_paths(app: Flask) -> set[str]:
+    """Paths under /r/<ctx>/ that are not section pages (a section may not take their name)."""
+    return {"progress", "export.json", "access", "privacy"}

@@ -5,26 +5,25 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, g, redirect, render_template, request, url_for
 
-from app.access.policy import NEED_BREAK_GLASS, NEED_REASON, REASON_LABELS
+from app.access.policy import REASON_LABELS, Step
 from app.access.service import AccessError
-from app.record.service import ConsolidatedRecord
+from app.pipeline import Look
+from app.services import services
 from launch.context import LaunchContext
 
 from .csrf import check_csrf
-from .gate import Interrupt, gather
-from .record import load_context, patient_banner
+from .record import act_on, load_context, patient_banner
 
 bp = Blueprint("access", __name__, url_prefix="/r/<ctx_id>/access")
+FORM_WAIT = 10.0
 
 
-def _record(ctx: LaunchContext) -> ConsolidatedRecord:
-    """Decisions here need every organisation's answer too: the same gathering as the record pages."""
-    _entry, record = gather(ctx, "access", 10.0)
-    if record.nhs_number is None:
-        raise Interrupt(redirect(url_for("record.home", ctx_id=ctx.id)))
-    return record
+def _look(ctx: LaunchContext) -> Look:
+    """Decisions here need every organisation's answer too: the same pipeline as the record pages,
+    without a "view" event (nothing clinical is shown on a form)."""
+    return services().pipeline.open(ctx, "access", g.request_id, FORM_WAIT, audit_as=None)
 
 
 def _next(ctx: LaunchContext) -> str:
@@ -35,15 +34,14 @@ def _next(ctx: LaunchContext) -> str:
     return url_for("record.home", ctx_id=ctx.id)
 
 
-def _page(
-    template: str, ctx: LaunchContext, record: ConsolidatedRecord, decision, error: str | None = None, status=200
-):
-    rules = current_app.extensions["access"].rules
+def _page(template: str, ctx: LaunchContext, look: Look, error: str | None = None, status=200):
+    rules = services().access.rules
+    decision = look.decision
     return render_template(
         template,
         ctx=ctx,
-        record=record,
-        banner=patient_banner(record.patient),
+        record=look.record,
+        banner=patient_banner(look.record.patient),
         user=ctx.identity,
         decision=decision,
         error=error,
@@ -55,53 +53,60 @@ def _page(
     ), status
 
 
+def _form_or_elsewhere(ctx: LaunchContext, look: Look, wanted: Step):
+    """None when this form is the decision's next step; otherwise where to go instead."""
+    if look.waiting or look.record is None or look.record.nhs_number is None:
+        return act_on(ctx, look, "access") if look.waiting else redirect(url_for("record.home", ctx_id=ctx.id))
+    if look.verdict.step is not wanted:
+        return redirect(_next(ctx))
+    return None
+
+
 @bp.route("/reason", methods=["GET", "POST"])
 def reason(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx)
-    access = current_app.extensions["access"]
-    decision = access.evaluate(ctx, record, g.request_id)
-    if decision.outcome != NEED_REASON:
-        return redirect(_next(ctx))
+    look = _look(ctx)
+    elsewhere = _form_or_elsewhere(ctx, look, Step.ASK_REASON)
+    if elsewhere is not None:
+        return elsewhere
     if request.method == "POST":
         check_csrf()
         try:
-            access.record_reason(
-                ctx, record, request.form.get("reason", ""), request.form.get("note", ""), g.request_id
+            services().access.record_reason(
+                ctx, look.gathering, request.form.get("reason", ""), request.form.get("note", ""), g.request_id
             )
         except AccessError as exc:
-            return _page("access/reason.html", ctx, record, decision, str(exc), 400)
+            return _page("access/reason.html", ctx, look, str(exc), 400)
         return redirect(_next(ctx))
-    return _page("access/reason.html", ctx, record, decision)
+    return _page("access/reason.html", ctx, look)
 
 
 @bp.route("/break-glass", methods=["GET", "POST"])
 def break_glass(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx)
-    access = current_app.extensions["access"]
-    decision = access.evaluate(ctx, record, g.request_id)
-    if decision.outcome != NEED_BREAK_GLASS:
-        return redirect(_next(ctx))
+    look = _look(ctx)
+    elsewhere = _form_or_elsewhere(ctx, look, Step.BREAK_GLASS)
+    if elsewhere is not None:
+        return elsewhere
+    allowed = look.decision.can_break_glass
     if request.method == "POST":
         check_csrf()
         if request.form.get("confirm") != "yes":
             return _page(
                 "access/break_glass.html",
                 ctx,
-                record,
-                decision,
+                look,
                 "Confirm that this is an emergency and that you accept the access will be reviewed.",
                 400,
             )
         try:
-            access.start_break_glass(ctx, record, request.form.get("justification", ""), g.request_id)
-        except AccessError as exc:
-            return _page(
-                "access/break_glass.html", ctx, record, decision, str(exc), 400 if decision.can_break_glass else 403
+            services().access.start_break_glass(
+                ctx, look.gathering, request.form.get("justification", ""), g.request_id
             )
+        except AccessError as exc:
+            return _page("access/break_glass.html", ctx, look, str(exc), 400 if allowed else 403)
         return redirect(_next(ctx))
-    return _page("access/break_glass.html", ctx, record, decision, status=200 if decision.can_break_glass else 403)
+    return _page("access/break_glass.html", ctx, look, status=200 if allowed else 403)
 
 
 def minutes_left(until: float | None) -> int:

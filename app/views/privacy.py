@@ -7,9 +7,10 @@ import csv
 import io
 import re
 
-from flask import Blueprint, Response, abort, current_app, g, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, g, jsonify, redirect, render_template, request, url_for
 
 from app.access.policy import capabilities
+from app.services import services
 from core.nhs_number import is_valid, normalise
 from launch.context import LaunchContext
 
@@ -22,13 +23,13 @@ ACCESS_KINDS = ("view", "export", "access-decision", "reason-recorded", "break-g
 
 def _officer(ctx_id: str) -> LaunchContext:
     ctx = load_context(ctx_id)
-    if not capabilities(ctx.identity or {}, current_app.extensions["access"].rules).privacy_officer:
+    if not capabilities(ctx.identity, services().access.rules).privacy_officer:
         abort(403, "These pages are for privacy officers.")
     return ctx
 
 
 def _audit(ctx: LaunchContext, what: str, patient_nhs: str | None = None) -> None:
-    current_app.extensions["audit"].record(
+    services().audit.record(
         "privacy-officer", request_id=g.request_id, ctx=ctx, patient_nhs=patient_nhs, purpose="HOPERAT", what=what
     )
 
@@ -38,7 +39,7 @@ def alerts(ctx_id: str):
     ctx = _officer(ctx_id)
     show_all = request.args.get("all") == "1"
     _audit(ctx, "alert queue")
-    items = current_app.extensions["alerts"].list("privacy-officer", include_acknowledged=show_all)
+    items = services().alerts.list("privacy-officer", include_acknowledged=show_all)
     return render_template("privacy/alerts.html", ctx=ctx, alerts=items, show_all=show_all, user=ctx.identity)
 
 
@@ -46,7 +47,7 @@ def alerts(ctx_id: str):
 def acknowledge(ctx_id: str, alert_id: int):
     ctx = _officer(ctx_id)
     check_csrf()
-    current_app.extensions["alerts"].acknowledge(alert_id, (ctx.identity or {}).get("name") or "privacy officer")
+    services().alerts.acknowledge(alert_id, (ctx.identity.name if ctx.identity else None) or "privacy officer")
     _audit(ctx, f"acknowledged alert {alert_id}")
     return redirect(url_for("privacy.alerts", ctx_id=ctx.id))
 
@@ -69,7 +70,7 @@ def audit_search(ctx_id: str):
         "date_to": _date("to"),
     }
     searched = any(filters.values())
-    events = current_app.extensions["audit_store"].search(**filters) if searched else []
+    events = services().audit_store.search(**filters) if searched else []
     if searched:
         _audit(ctx, f"audit search {request.query_string.decode()[:200]}", nhs)
     return render_template(
@@ -94,7 +95,7 @@ def subject_access(ctx_id: str):
         ), 400
     events = [
         e
-        for e in current_app.extensions["audit_store"].search(patient_nhs=nhs, limit=100_000)
+        for e in services().audit_store.search(patient_nhs=nhs, limit=100_000)
         if e.event["subtype"][-1]["code"] in ACCESS_KINDS
     ]
     _audit(ctx, f"subject access report ({request.args.get('format', 'page')})", nhs)
@@ -119,7 +120,7 @@ def subject_access(ctx_id: str):
             "entry": [{"fullUrl": f"urn:uuid:audit-{e.seq}", "resource": e.event} for e in events],
         }
         for entry in bundle["entry"]:
-            entry["fullUrl"] = f"{current_app.config['SCR'].viewer.base_url}/audit/AuditEvent/{entry['resource']['id']}"
+            entry["fullUrl"] = f"{services().config.viewer.base_url}/audit/AuditEvent/{entry['resource']['id']}"
         resp = jsonify(bundle)
         resp.headers["Content-Type"] = "application/fhir+json; charset=utf-8"
         return resp
@@ -129,7 +130,7 @@ def subject_access(ctx_id: str):
 @bp.route("/training", methods=["GET", "POST"])
 def training(ctx_id: str):
     ctx = _officer(ctx_id)
-    register = current_app.extensions["training"]
+    register = services().training
     error = None
     if request.method == "POST":
         check_csrf()
@@ -137,7 +138,7 @@ def training(ctx_id: str):
         if not re.fullmatch(r"\d{6,20}", sds) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", completed):
             error = "Give the user's SDS user id (digits) and the date training was completed."
         else:
-            register.record(sds, completed, (ctx.identity or {}).get("name") or "privacy officer")
+            register.record(sds, completed, (ctx.identity.name if ctx.identity else None) or "privacy officer")
             _audit(ctx, f"training attestation recorded for {sds}")
             return redirect(url_for("privacy.training", ctx_id=ctx.id))
     return render_template("privacy/training.html", ctx=ctx, rows=register.list(), error=error, user=ctx.identity), (

@@ -1,9 +1,9 @@
 """The record pages, addressed by launch context: ``/r/<ctx_id>/…``.
 
 A context id is honoured only in the browser session that completed that launch, and always shows the
-patient of that launch — never whoever was launched last. The first screen waits briefly for the
-organisations to answer, then shows what has arrived with each organisation's state; htmx keeps the
-state panel current and reloads the page once every organisation has answered.
+patient of that launch — never whoever was launched last. Every page asks the pipeline for one look at
+the record and renders it, or acts on the decision's verdict (wait, ask a reason, break-glass, refuse…).
+The table pages are one route, derived from the record catalogue.
 """
 
 from __future__ import annotations
@@ -13,17 +13,20 @@ import binascii
 import re
 
 import nh3
-from flask import Blueprint, Response, abort, current_app, g, jsonify, render_template, request, session
+from flask import Blueprint, Response, abort, g, jsonify, redirect, render_template, request, session, url_for
 from markupsafe import Markup
 
+from app.access.policy import Step
+from app.pipeline import Look
 from app.record import sections as views
+from app.record.catalogue import TABLE
 from app.record.charts import legend, trend_svg
 from app.record.export import export_bundle
+from app.services import services
+from core.names import display_name
 from core.nhs_number import format_nhs_number, from_identifiers, is_valid
 from launch.context import LaunchContext
 from launch.errors import SessionExpired
-
-from .gate import SCOPE_SECTIONS, open_record
 
 bp = Blueprint("record", __name__, url_prefix="/r/<ctx_id>")
 
@@ -66,20 +69,21 @@ ALLOWED_TAGS = {
 def load_context(ctx_id: str) -> LaunchContext:
     if ctx_id not in session.get("contexts", []):
         raise SessionExpired(f"context {ctx_id[:6]}… is not part of this browser session")
-    ctx = current_app.extensions["launch"].contexts.load(ctx_id)
+    ctx = services().launch.contexts.load(ctx_id)
     if ctx is None:
         raise SessionExpired(f"context {ctx_id[:6]}… has expired")
     return ctx
 
 
-def patient_banner(patient: dict) -> dict:
+def patient_banner(patient: dict | None) -> dict | None:
     """What the banner shows; an invalid or missing NHS number is said plainly, never hidden."""
-    name = (patient.get("name") or [{}])[0]
+    if patient is None:
+        return None
     nhs = from_identifiers(patient.get("identifier"))
     address = (patient.get("address") or [{}])[0]
     gp = (patient.get("generalPractitioner") or [{}])[0]
     return {
-        "name": name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]).strip() or "Unknown",
+        "name": display_name(patient.get("name")) or "Unknown",
         "birth_date": patient.get("birthDate"),
         "gender": patient.get("gender"),
         "nhs_number": format_nhs_number(nhs) if nhs else None,
@@ -92,25 +96,71 @@ def patient_banner(patient: dict) -> dict:
     }
 
 
-def _record(ctx: LaunchContext, wait: float, section: str):
-    record, _decision = open_record(ctx, section, wait)
-    return record
+def page_url(ctx: LaunchContext, name: str) -> str:
+    section = services().catalogue.get(name)
+    if section is None or section.page is None:
+        return url_for("record.home", ctx_id=ctx.id)
+    if section.page == TABLE:
+        return url_for("record.section", ctx_id=ctx.id, name=name)
+    return url_for("record.home" if name == services().pipeline.landing else section.endpoint, ctx_id=ctx.id)
 
 
-def _render(template: str, ctx: LaunchContext, record, section: str, **kw) -> str:
-    decision = g.get("decision")
-    allowed = SCOPE_SECTIONS.get(decision.scope) if decision else None
-    shown = [(k, label) for k, label in views.SECTIONS if allowed is None or k in allowed]
+def look_at(ctx: LaunchContext, section: str, wait: float, audit_as: str = "view") -> Look:
+    return services().pipeline.open(
+        ctx,
+        section,
+        g.request_id,
+        wait,
+        refresh=request.args.get("refresh") == "1",
+        audit_as=audit_as,
+        what=request.full_path,
+    )
+
+
+def act_on(ctx: LaunchContext, look: Look, section: str):
+    """Everything but "show": the decision says where to go, the view only goes there."""
+    step = look.verdict.step
+    if step is Step.WAIT:
+        return render_template(
+            "record/loading.html",
+            ctx=ctx,
+            record=look.record,
+            banner=patient_banner(look.record.patient),
+            user=ctx.identity,
+            section=section,
+        )
+    if step is Step.ASK_REASON:
+        return redirect(url_for("access.reason", ctx_id=ctx.id, next=request.path))
+    if step is Step.BREAK_GLASS:
+        return redirect(url_for("access.break_glass", ctx_id=ctx.id, next=request.path))
+    if step is Step.PRIVACY_CONSOLE:
+        return redirect(url_for("privacy.alerts", ctx_id=ctx.id))
+    if step is Step.GO_TO:
+        return redirect(page_url(ctx, look.verdict.target or ""))
+    return render_template(
+        "access/refused.html",
+        ctx=ctx,
+        record=look.record,
+        banner=patient_banner(look.record.patient if look.record else None),
+        basis=look.verdict.basis,
+        user=ctx.identity,
+        section=section,
+    ), 403
+
+
+def render(template: str, ctx: LaunchContext, look: Look, section: str, **kw) -> str:
+    decision = look.decision
+    pages = [s for s in services().catalogue.pages if decision is None or s.name in decision.sections]
     return render_template(
         template,
         ctx=ctx,
-        record=record,
-        banner=patient_banner(record.patient),
+        record=look.record,
+        banner=patient_banner(look.record.patient),
         user=ctx.identity,
         section=section,
-        sections=shown,
+        sections=[(s.name, s.label, page_url(ctx, s.name)) for s in pages],
         decision=decision,
-        break_glass_until=g.get("break_glass_until"),
+        break_glass_until=look.break_glass_until,
         **kw,
     )
 
@@ -118,36 +168,51 @@ def _render(template: str, ctx: LaunchContext, record, section: str, **kw) -> st
 @bp.get("/")
 def home(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, FIRST_SCREEN_WAIT, "summary")
-    return _render("record/summary.html", ctx, record, "summary", summary=views.summary(record))
+    landing = services().pipeline.landing
+    look = look_at(ctx, landing, FIRST_SCREEN_WAIT)
+    if not look.shown:
+        return act_on(ctx, look, landing)
+    return render("record/summary.html", ctx, look, landing, summary=views.summary(look.record))
 
 
 @bp.get("/progress")
 def progress(ctx_id: str):
     """The organisations' state, polled by htmx; tells htmx to reload once everything has arrived."""
     ctx = load_context(ctx_id)
-    service = current_app.extensions["record"]
-    record = service.record(service.start(ctx, g.request_id))  # states only: nothing clinical
+    record = services().pipeline.progress(ctx, g.request_id)  # states only: nothing clinical
+    if record is None:  # refused on identity alone: nothing is fetched; the page itself says why
+        resp = Response("")
+        resp.headers["HX-Refresh"] = "true"
+        return resp
     resp = Response(render_template("record/_sources.html", record=record, ctx=ctx))
     if record.complete:
         resp.headers["HX-Refresh"] = "true"
     return resp
 
 
-@bp.get("/<any(problems, medications, allergies, immunisations, procedures):name>")
+@bp.get("/<name>")
 def section(ctx_id: str, name: str):
+    """Every table page of the catalogue (problems, medications, …): one route, one template."""
+    spec = services().catalogue.get(name)
+    if spec is None or spec.page != TABLE:
+        abort(404)
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT, name)
-    page = views.paginate(record.section(name), request.args.get("page", 1, type=int))
+    look = look_at(ctx, name, SECTION_WAIT)
+    if not look.shown:
+        return act_on(ctx, look, name)
+    page = views.paginate(look.record.section(name), request.args.get("page", 1, type=int))
     if request.headers.get("HX-Request") and request.args.get("fragment"):
-        return render_template("record/_rows.html", page=page, name=name, ctx=ctx)
-    return _render("record/section.html", ctx, record, name, name=name, page=page)
+        return render_template("record/_rows.html", page=page, spec=spec, ctx=ctx)
+    return render("record/section.html", ctx, look, name, spec=spec, page=page)
 
 
 @bp.get("/encounters")
 def encounters(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT, "encounters")
+    look = look_at(ctx, "encounters", SECTION_WAIT)
+    if not look.shown:
+        return act_on(ctx, look, "encounters")
+    record = look.record
     date_from = _date_arg("from")
     date_to = _date_arg("to")
     org = request.args.get("org") or None
@@ -156,9 +221,10 @@ def encounters(ctx_id: str):
     rows = views.filter_rows(record.section("encounters"), date_from, date_to, org)
     page = views.paginate(rows, request.args.get("page", 1, type=int))
     filters = {"from": date_from or "", "to": date_to or "", "org": org or ""}
+    spec = services().catalogue.get("encounters")
     if request.headers.get("HX-Request") and request.args.get("fragment"):
-        return render_template("record/_rows.html", page=page, name="encounters", ctx=ctx, filters=filters)
-    return _render("record/encounters.html", ctx, record, "encounters", page=page, filters=filters)
+        return render_template("record/_rows.html", page=page, spec=spec, ctx=ctx, filters=filters)
+    return render("record/encounters.html", ctx, look, "encounters", spec=spec, page=page, filters=filters)
 
 
 def _date_arg(name: str) -> str | None:
@@ -169,17 +235,22 @@ def _date_arg(name: str) -> str | None:
 @bp.get("/results")
 def results(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT, "results")
+    look = look_at(ctx, "results", SECTION_WAIT)
+    if not look.shown:
+        return act_on(ctx, look, "results")
+    record = look.record
     trends = views.trends(record)
     charts = [(t, trend_svg(t.name, t.unit, t.points, t.sources), legend(t.sources)) for t in trends[:12]]
     page = views.paginate(record.section("results"), request.args.get("page", 1, type=int))
+    spec = services().catalogue.get("results")
     if request.headers.get("HX-Request") and request.args.get("fragment"):
-        return render_template("record/_rows.html", page=page, name="results", ctx=ctx)
-    return _render(
+        return render_template("record/_rows.html", page=page, spec=spec, ctx=ctx)
+    return render(
         "record/results.html",
         ctx,
-        record,
+        look,
         "results",
+        spec=spec,
         charts=charts,
         page=page,
         reports=record.section("reports"),
@@ -190,33 +261,39 @@ def results(ctx_id: str):
 @bp.get("/results/trend/<slug>")
 def trend(ctx_id: str, slug: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT, "results")
-    found = next((t for t in views.trends(record) if t.slug == slug), None)
+    look = look_at(ctx, "results", SECTION_WAIT)
+    if not look.shown:
+        return act_on(ctx, look, "results")
+    found = next((t for t in views.trends(look.record) if t.slug == slug), None)
     if found is None:
         abort(404)
     chart = trend_svg(found.name, found.unit, found.points, found.sources)
-    return _render("record/trend.html", ctx, record, "results", trend=found, chart=chart, legend=legend(found.sources))
+    return render("record/trend.html", ctx, look, "results", trend=found, chart=chart, legend=legend(found.sources))
 
 
 @bp.get("/documents")
 def documents(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT, "documents")
+    look = look_at(ctx, "documents", SECTION_WAIT)
+    if not look.shown:
+        return act_on(ctx, look, "documents")
     by_org: dict[str, list] = {}
-    for row in record.section("documents"):
+    for row in look.record.section("documents"):
         for src in row.sources:
             by_org.setdefault(src.name, []).append(row)
-    return _render("record/documents.html", ctx, record, "documents", by_org=by_org)
+    return render("record/documents.html", ctx, look, "documents", by_org=by_org)
 
 
 @bp.get("/documents/<row_id>")
 def document(ctx_id: str, row_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT, "documents")
-    row = next((r for r in record.section("documents") if r.id == row_id), None)
+    look = look_at(ctx, "documents", SECTION_WAIT)
+    if not look.shown:
+        return act_on(ctx, look, "documents")
+    row = next((r for r in look.record.section("documents") if r.id == row_id), None)
     if row is None:
         abort(404)
-    return _render("record/document.html", ctx, record, "documents", row=row, body=document_body(row.resources[0]))
+    return render("record/document.html", ctx, look, "documents", row=row, body=document_body(row.resources[0]))
 
 
 def document_body(resource: dict) -> Markup:
@@ -259,15 +336,20 @@ def document_body(resource: dict) -> Markup:
 @bp.get("/care")
 def care(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT, "care")
-    return _render("record/care.html", ctx, record, "care", services=views.involved_services(record))
+    look = look_at(ctx, "care", SECTION_WAIT)
+    if not look.shown:
+        return act_on(ctx, look, "care")
+    return render("record/care.html", ctx, look, "care", services=views.involved_services(look.record))
 
 
 @bp.get("/export.json")
 def export(ctx_id: str):
     ctx = load_context(ctx_id)
-    record = _record(ctx, SECTION_WAIT, "export")
-    resp = jsonify(export_bundle(record, current_app.config["SCR"].viewer.base_url))
+    look = look_at(ctx, "export", SECTION_WAIT, audit_as="export")
+    if not look.shown:
+        return act_on(ctx, look, "export")
+    record = look.record
+    resp = jsonify(export_bundle(record, services().config.viewer.base_url))
     resp.headers["Content-Type"] = "application/fhir+json; charset=utf-8"
     resp.headers["Content-Disposition"] = (
         f'attachment; filename="shared-care-record-{record.nhs_number or "unknown"}.json"'

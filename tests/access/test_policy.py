@@ -15,23 +15,28 @@ from app.access.policy import (
     AccessRules,
     Overrides,
     PatientFacts,
+    Step,
+    Verdict,
     capabilities,
     decide,
     is_sensitive,
+    screen,
 )
+from app.record.catalogue import CATALOGUE, EXPORT_AUDIENCE
+from launch.identity import Organisation, UserIdentity
 
 RULES = AccessRules.from_config(None)
 
 
-def user(role: str, *activities: str, ods: str = "Y01001", nhs: str | None = None) -> dict:
-    return {
-        "name": "Test User",
-        "role_codes": [role],
-        "activity_codes": list(activities),
-        "organisation": {"ods": ods},
-        "sds_user_id": "555",
-        "nhs_number": nhs,
-    }
+def user(role: str, *activities: str, ods: str = "Y01001", nhs: str | None = None) -> UserIdentity:
+    return UserIdentity(
+        name="Test User",
+        role_codes=(role,),
+        activity_codes=activities,
+        organisation=Organisation(ods),
+        sds_user_id="555",
+        nhs_number=nhs,
+    )
 
 
 GP = user("R8000", "B0370", "B0360", "B0168", "B1611")
@@ -181,3 +186,65 @@ def test_sensitive_labels(resource, sensitive):
 def test_sensitive_code_lists():
     rules = AccessRules.from_config({"sensitive_codes": ["http://snomed.info/sct|12345"]})
     assert is_sensitive({"code": {"coding": [{"system": "http://snomed.info/sct", "code": "12345"}]}}, rules)
+
+
+# ---- the decision carries everything a view acts on ----------------------------------------------------
+
+AUDIENCES = CATALOGUE.audiences() | {"export": EXPORT_AUDIENCE}
+
+
+def test_permitted_decision_lists_the_pages_of_the_users_level_in_navigation_order():
+    detailed = decide(GP, REGISTERED, Overrides(), RULES, audiences=AUDIENCES)
+    assert detailed.next is Step.SHOW
+    assert detailed.sections == (*(s.name for s in CATALOGUE.pages), "export")
+    summary = decide(SOCIAL, PatientFacts(episode_ods=frozenset({"L90001"})), Overrides(), RULES, audiences=AUDIENCES)
+    assert summary.sections == ("summary", "problems", "medications", "allergies")
+    admin = decide(RECEPTION, REGISTERED, Overrides(), RULES, audiences=AUDIENCES)
+    assert admin.sections == ("care",)
+
+
+def test_verdict_per_page():
+    summary = decide(SOCIAL, PatientFacts(episode_ods=frozenset({"L90001"})), Overrides(), RULES, audiences=AUDIENCES)
+    assert summary.at("medications").step is Step.SHOW
+    refused = summary.at("results", landing="summary")
+    assert refused.step is Step.REFUSE and "only part of the record" in refused.basis
+    assert summary.at("export").step is Step.REFUSE
+    admin = decide(RECEPTION, REGISTERED, Overrides(), RULES, audiences=AUDIENCES)
+    assert admin.at("summary", landing="summary") == Verdict(Step.GO_TO, "care")
+    assert admin.at("progress").step is Step.SHOW  # states of the organisations only
+
+
+@pytest.mark.parametrize(
+    ("identity", "facts", "overrides", "step"),
+    [
+        (AE, STRANGER, Overrides(), Step.ASK_REASON),
+        (AE, PatientFacts(objection_whole=True), Overrides(), Step.BREAK_GLASS),
+        (PRIVACY, REGISTERED, Overrides(), Step.PRIVACY_CONSOLE),
+        (NOTHING, REGISTERED, Overrides(), Step.REFUSE),
+        (GP, PatientFacts(is_user=True), Overrides(), Step.REFUSE),
+    ],
+)
+def test_next_step(identity, facts, overrides, step):
+    decision = decide(identity, facts, overrides, RULES, audiences=AUDIENCES)
+    assert decision.next is step
+    assert decision.at("summary", landing="summary").step is step  # nothing is shown before the step is taken
+
+
+def test_refusals_on_identity_alone_need_no_patient_facts():
+    assert screen(GP, RULES) is None
+    assert screen(NOTHING, RULES).next is Step.REFUSE
+    assert screen(PRIVACY, RULES).next is Step.PRIVACY_CONSOLE
+    untrained = screen(GP, RULES, standalone=True, trained=False)
+    assert untrained.next is Step.REFUSE and "training" in untrained.basis
+    assert screen(GP, RULES, standalone=True, trained=True) is None
+    # decide() applies the same screen first
+    assert decide(GP, REGISTERED, Overrides(), RULES, standalone=True, trained=False).basis == untrained.basis
+
+
+def test_withholding_is_part_of_the_decision():
+    ae = decide(AE, PatientFacts(encounter_in_context=True, objection_ods=frozenset({"RX1"})), Overrides(), RULES)
+    hiv = {"meta": {"security": [{"code": "HIV"}]}}
+    assert ae.withholding.hides("Y01001", hiv) and not ae.withholding.hides("Y01001", {})
+    assert ae.withholding.hides("RX1", {})  # the organisation the patient objected to
+    gp = decide(GP, REGISTERED, Overrides(), RULES)
+    assert not gp.withholding.hides("Y01001", hiv)

@@ -10,13 +10,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.audit.events import audit_event
 from app.audit.store import AuditStore, AuditUnavailable, canonical, chain_hash
+from launch.identity import Organisation, UserIdentity
 
-USER = {
-    "name": "Dr Anita Patel",
-    "sds_user_id": "555000000001",
-    "role_codes": ["R8000"],
-    "organisation": {"ods": "Y01001", "name": "Riverside Medical Practice"},
-}
+USER = UserIdentity(
+    name="Dr Anita Patel",
+    sds_user_id="555000000001",
+    role_codes=("R8000",),
+    organisation=Organisation(ods="Y01001", name="Riverside Medical Practice"),
+)
 
 
 def append(store: AuditStore, n: int = 1, nhs: str = "9991000372", purpose: str = "TREAT"):
@@ -36,7 +37,7 @@ def append(store: AuditStore, n: int = 1, nhs: str = "9991000372", purpose: str 
             store.append(
                 event,
                 patient_nhs=nhs,
-                user_id=USER["sds_user_id"],
+                user_id=USER.sds_user_id,
                 org_ods="Y01001",
                 purpose=purpose,
                 action_code="view",

@@ -1,6 +1,7 @@
 """NHS number rules (Modulus 11) against known valid and invalid numbers."""
 
 import pytest
+
 from core.nhs_number import check_digit, format_nhs_number, from_identifiers, is_test_range, is_valid
 
 

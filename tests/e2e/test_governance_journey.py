@@ -51,4 +51,9 @@ def test_reason_then_record_then_privacy_officer_review(page: Page, sandbox, art
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("button", name="Sign in as Dr Anita Patel").click()
     page.get_by_role("link", name="Inbox").click()
+    for _ in range(40):  # alerts are delivered by the outbox's worker, shortly after the request
+        if "Dr Rhys Evans" in page.locator("#inbox").inner_text():
+            break
+        page.wait_for_timeout(250)
+        page.reload()
     expect(page.locator("#inbox")).to_contain_text("Dr Rhys Evans")

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from app.record.fetch import FETCH_TYPES as RECORD_TYPES
+from app.record.catalogue import CATALOGUE
 from core.nhs_number import format_nhs_number
 from tests.conftest import LoopbackCookieJar
 from tests.smart import decode_unverified
@@ -93,7 +93,7 @@ def test_authorize_request_is_smart_conformant(http, sandbox):
     assert {"launch", "openid", "fhirUser", "patient/Patient.r"} <= set(scopes)
     assert "launch/patient" not in scopes
     assert not any("*" in s for s in scopes), "minimum necessary: no wildcard scopes"
-    assert {f"patient/{t}.rs" for t in RECORD_TYPES} <= set(scopes)
+    assert {f"patient/{t}.rs" for t in CATALOGUE.fetch_types} <= set(scopes)
 
 
 def test_redirect_uri_comes_from_config_not_the_host_header(http, sandbox):
@@ -149,11 +149,11 @@ def test_fhir_user_resolves_to_name_organisation_and_roles(http, sandbox, viewer
     assert resp.status_code == 200, resp.text
     ctx = viewer.contexts.load(ctx_id_of(resp))
     identity = ctx.identity
-    assert identity["name"] == name
-    assert identity["organisation"]["ods"] == ods
-    assert role in identity["role_codes"]
-    assert "B0370" in identity["activity_codes"]
-    assert identity["sds_user_id"]
+    assert identity.name == name
+    assert identity.ods == ods
+    assert role in identity.role_codes
+    assert "B0370" in identity.activity_codes
+    assert identity.sds_user_id
 
 
 # ---- tokens stay on the server ----------------------------------------------------------------------------

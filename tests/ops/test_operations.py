@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 from app.audit.store import AuditStore
 from app.observability import JsonFormatter, RequestIdFilter
+from app.services import install, services
 
 
 def test_healthz_and_readyz(http, sandbox):
@@ -17,12 +19,12 @@ def test_healthz_and_readyz(http, sandbox):
 
 def test_readyz_fails_when_the_audit_store_is_gone(http, sandbox):
     app = sandbox.viewer_app
-    original = app.extensions["audit_store"]
-    app.extensions["audit_store"] = AuditStore("sqlite:////proc/nowhere/audit.sqlite3")
+    original = services(app)
+    install(app, replace(original, audit_store=AuditStore("sqlite:////proc/nowhere/audit.sqlite3")))
     try:
         ready = http.get(f"{sandbox.viewer_url}/readyz")
     finally:
-        app.extensions["audit_store"] = original
+        install(app, original)
     assert ready.status_code == 503 and ready.json()["checks"]["audit_store"] is False
 
 

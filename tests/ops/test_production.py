@@ -89,10 +89,39 @@ def pg_url():
     admin.dispose()
 
 
+def delete_prefix(url: str, prefix: str) -> int:
+    """Delete the keys under ``prefix`` (SCAN, then DELETE in batches) and nothing else; returns how many."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    deleted = 0
+    try:
+        batch = []
+        for key in client.scan_iter(match=f"{prefix}*", count=500):
+            batch.append(key)
+            if len(batch) == 500:
+                deleted += client.delete(*batch)
+                batch = []
+        if batch:
+            deleted += client.delete(*batch)
+    finally:
+        client.close()
+    return deleted
+
+
 @pytest.fixture
-def deployment(tmp_path, pg_url):
+def redis_prefix():
+    """Keys of this test's own on the shared Redis: the viewers write under a unique prefix
+    (SCR_REDIS_PREFIX) and only keys under it are deleted afterwards. Never FLUSHDB: the database is shared."""
+    _services_or_skip()
+    prefix = f"scr-test-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield prefix
+    finally:
+        delete_prefix(REDIS_URL, prefix)
+
+
+@pytest.fixture
+def deployment(tmp_path, pg_url, redis_prefix):
     """A sandbox process and two gunicorn viewer instances (A is the public URL, as behind a load balancer)."""
-    redis.Redis.from_url(REDIS_URL).flushdb()
     ports = {"sandbox": free_port(), "a": free_port(), "b": free_port()}
     env = {
         **os.environ,
@@ -104,6 +133,7 @@ def deployment(tmp_path, pg_url):
         "SCR_SYNTHEA_DIR": str(SYNTHEA_DIR),
         "SCR_DATABASE_URL": pg_url,
         "REDIS_URL": REDIS_URL,
+        "SCR_REDIS_PREFIX": redis_prefix,
         "SCR_SECRET_KEY": "shared-secret-for-both-instances",
         "WEB_CONCURRENCY": "2",
         "GUNICORN_THREADS": "8",
@@ -139,7 +169,7 @@ def deployment(tmp_path, pg_url):
             )
             procs.append(proc)
             wait_for(f"http://127.0.0.1:{ports[name]}/healthz", proc)
-        yield {"env": env, "ports": ports, "procs": procs, "log_dir": tmp_path}
+        yield {"env": env, "ports": ports, "procs": procs, "log_dir": tmp_path, "prefix": redis_prefix}
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -185,9 +215,10 @@ def test_two_instances_share_sessions_tokens_records_and_audit(deployment, pg_ur
 
     # A refresh on one instance is seen by the other.
     r = redis.Redis.from_url(REDIS_URL)
-    key = f"scr:tok:{ctx}"
+    key = f"{deployment['prefix']}tok:{ctx}"
     import json
 
+    assert r.exists(key), f"no {key} in Redis: the viewer must write its keys under SCR_REDIS_PREFIX"
     tokens = json.loads(r.get(key))
     before = tokens["access_token"]
     tokens["expires_at"] = time.time() + 5
@@ -214,7 +245,7 @@ def test_two_instances_share_sessions_tokens_records_and_audit(deployment, pg_ur
         ready = requests.get(f"http://127.0.0.1:{ports[name]}/readyz", timeout=5).json()
         assert ready["checks"] == {"config": True, "audit_store": True, "redis": True}
     lines = (deployment["log_dir"] / "viewer-b.log").read_text().splitlines()
-    fetch_logs = [line for line in lines if '"logger": "app.record.fetch"' in line]
+    fetch_logs = [line for line in lines if '"logger": "core.fhir_client"' in line]
     assert fetch_logs and all('"request_id"' in line for line in fetch_logs), "structured logs with request id"
 
     # Graceful shutdown: SIGTERM lets the instance finish and exit cleanly, well inside the grace period.
@@ -330,3 +361,17 @@ def test_gunicorn_config_is_used_by_the_procfile():
     config = (ROOT / "gunicorn.conf.py").read_text()
     assert 'worker_class = "gthread"' in config and "preload_app = False" in config
     assert Path(GUNICORN).exists()
+
+
+def test_cleanup_deletes_only_the_keys_under_the_tests_prefix(redis_prefix):
+    r = redis.Redis.from_url(REDIS_URL)
+    neighbour = f"scr-test-{uuid.uuid4().hex[:12]}:"  # e.g. another test run, or a developer's data
+    try:
+        r.set(f"{neighbour}tok:1", "theirs", ex=300)
+        for i in range(1200):  # more than one SCAN page and one DELETE batch
+            r.set(f"{redis_prefix}k:{i}", "ours", ex=300)
+        assert delete_prefix(REDIS_URL, redis_prefix) == 1200
+        assert not list(r.scan_iter(match=f"{redis_prefix}*"))
+        assert r.get(f"{neighbour}tok:1") == b"theirs"
+    finally:
+        r.delete(f"{neighbour}tok:1")

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from app.record.merge import Item, SourceRef, build_sections
+from app.record.catalogue import CATALOGUE
+from app.record.merge import Item, SourceRef
+from app.services import services
 from tests.conftest import SYNTHEA_DIR, synthea_available
 
 SYNTHEA_SYSTEM = "https://github.com/synthetichealth/synthea"
@@ -324,11 +326,11 @@ def launch_record(running, http, nhs: str):
     app = running.viewer_app
     ctx = app.extensions["launch"].contexts.load(match.group(1))
     assert ctx is not None and ctx.patient, f"no launch context for {nhs}"
-    service = app.extensions["record"]
-    entry = service.start(ctx, "test-synthea-sections")
-    assert entry.job is not None, f"the viewer found no NHS number for {nhs}"
-    assert entry.job.wait(60), f"fetch for {nhs} did not finish in 60 s"
-    return service.record(entry)
+    service = services(app).record
+    gathering = service.gather(ctx, "test-synthea-sections")
+    assert gathering.job is not None, f"the viewer found no NHS number for {nhs}"
+    assert gathering.wait(60), f"fetch for {nhs} did not finish in 60 s"
+    return service.merged(gathering)
 
 
 def describe(facts_: set[Fact], limit: int = 4) -> str:
@@ -484,7 +486,7 @@ def test_grouping_is_transitive_and_needs_overlap():
             _item("gp", _observation("w4", "2023-04-01T09:16:00Z", 72.5)),  # a different minute
         ],
     }
-    sections = build_sections(items)
+    sections = CATALOGUE.build(items)
     assert _groups(sections["problems"]) == {
         frozenset({("gp", "Condition/a"), ("community", "Condition/b"), ("hospital", "Condition/c")}),
         frozenset({("gp", "Condition/d")}),
@@ -514,7 +516,7 @@ def test_a_shared_identifier_joins_rows_that_would_otherwise_stay_apart():
         ],
     }
     items["Condition"] = [_item("gp", items["Condition"][0]), _item("community", items["Condition"][1])]
-    sections = build_sections(items)
+    sections = CATALOGUE.build(items)
     assert _groups(sections["encounters"]) == {
         frozenset({("gp", "Encounter/x"), ("hospital", "Encounter/y")}),
         frozenset({("hospital", "Encounter/z")}),
@@ -542,7 +544,7 @@ def test_stopped_medicines_merge_only_on_the_same_day():
             _item("community", request("m4", "2019-06-01", "active")),  # open-ended: overlaps all of them
         ]
     }
-    rows = build_sections(items)["medications"]
+    rows = CATALOGUE.build(items)["medications"]
     assert _groups(rows) == {
         frozenset(
             {
@@ -554,7 +556,7 @@ def test_stopped_medicines_merge_only_on_the_same_day():
         ),
     }
     items["MedicationRequest"].pop()  # without the open-ended one, the two days stay apart
-    assert _groups(build_sections(items)["medications"]) == {
+    assert _groups(CATALOGUE.build(items)["medications"]) == {
         frozenset({("gp", "MedicationRequest/m1"), ("hospital", "MedicationRequest/m2")}),
         frozenset({("gp", "MedicationRequest/m3")}),
     }

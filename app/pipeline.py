@@ -1,0 +1,112 @@
+"""One look at the record, in this order and nowhere else:
+
+launch completed → identity check → gather (fetch + match) → facts → decide → audit → merge once (with the
+withholding applied) → render.
+
+A user refused on identity alone (no clinical capability, no training for standalone use) is refused
+before anything is fetched. The decision needs every organisation's answer (an objection may be held
+anywhere), so until then a page shows only who is being asked. Facts come from the raw resources, so the
+record is merged once per request, after the decision, with what may not be shown already left out.
+If the audit trail cannot be written, AuditUnavailable refuses the page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.access.policy import Decision, Step, Verdict
+from app.access.service import AccessService
+from app.audit.trail import AuditTrail
+from app.record.catalogue import Catalogue
+from app.record.service import ConsolidatedRecord, Gathering, RecordService
+from launch.context import LaunchContext
+
+
+@dataclass(frozen=True)
+class Look:
+    """The outcome of one request for the record; the view renders it or acts on ``verdict``."""
+
+    verdict: Verdict
+    decision: Decision | None = None
+    record: ConsolidatedRecord | None = None  # merged when shown; organisations' states only otherwise
+    break_glass_until: float | None = None
+    gathering: Gathering | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self.verdict.step is Step.WAIT
+
+    @property
+    def shown(self) -> bool:
+        return self.verdict.step is Step.SHOW
+
+
+class RecordPipeline:
+    def __init__(self, record: RecordService, access: AccessService, trail: AuditTrail, catalogue: Catalogue) -> None:
+        self.record, self.access, self.trail, self.catalogue = record, access, trail, catalogue
+
+    @property
+    def landing(self) -> str:
+        return self.catalogue.pages[0].name
+
+    def launch_completed(self, ctx: LaunchContext, request_id: str) -> None:
+        """Audit the launch, then start gathering the record while the browser follows the redirect —
+        unless the user's identity alone already refuses them."""
+        self.trail.record(
+            "launch",
+            request_id=request_id,
+            ctx=ctx,
+            description=f"launch from {ctx.ehr_name}",
+            details={"standalone": ctx.standalone, "scope": ctx.scope},
+        )
+        if self.access.screen(ctx) is None:
+            self.record.gather_early(
+                ctx, request_id, then=lambda g: self.access.prepare(ctx, g.nhs_number, request_id)
+            )
+
+    def open(
+        self,
+        ctx: LaunchContext,
+        section: str,
+        request_id: str,
+        wait: float,
+        refresh: bool = False,
+        audit_as: str | None = "view",
+        what: str = "",
+    ) -> Look:
+        """``audit_as``: the audit event for a shown page ("view", "export"), or None for the access forms."""
+        screened = self.access.screen(ctx)
+        if screened is not None:
+            self.access.record_decision(ctx, screened, request_id)
+            return Look(screened.at(section, self.landing), screened)
+        gathering = self.record.gather(ctx, request_id, refresh=refresh)
+        self.access.prepare(ctx, gathering.nhs_number, request_id)  # alongside the fetch
+        gathering.wait(wait)
+        if gathering.nhs_number is None:  # nothing is fetched without a valid NHS number: nothing to decide
+            return Look(Verdict(Step.SHOW), None, self.record.merged(gathering), gathering=gathering)
+        if not gathering.complete:
+            return Look(Verdict(Step.WAIT), None, self.record.progress(gathering), gathering=gathering)
+        facts = self.access.facts(ctx, gathering, request_id)
+        decision = self.access.decide(ctx, facts, gathering.nhs_number)
+        self.access.record_decision(ctx, decision, request_id, gathering, facts)
+        verdict = decision.at(section, self.landing)
+        if verdict.step is not Step.SHOW:
+            return Look(verdict, decision, self.record.progress(gathering), gathering=gathering)
+        record = self.record.merged(gathering, decision.withholding)
+        if audit_as:
+            self.trail.record(
+                audit_as,
+                request_id=request_id,
+                ctx=ctx,
+                patient_nhs=gathering.nhs_number,
+                purpose=decision.purpose,
+                what=f"{section} {what}".strip(),
+                details={"withheld-items": record.withheld},
+            )
+        return Look(verdict, decision, record, self.access.break_glass_until(ctx, gathering.nhs_number), gathering)
+
+    def progress(self, ctx: LaunchContext, request_id: str) -> ConsolidatedRecord | None:
+        """Each organisation's state (nothing clinical); None when the user is refused on identity alone."""
+        if self.access.screen(ctx) is not None:
+            return None
+        return self.record.progress(self.record.gather(ctx, request_id))
