@@ -2,7 +2,7 @@
 
 ``migrations/`` creates and changes these tables (``alembic upgrade head``, run at start by
 ``AuditStore.create_schema`` and by ``make migrate``); nothing calls ``metadata.create_all``.
-``tests/audit/test_schema.py`` fails when the migrations and this module disagree (``alembic check``).
+``tests/app/audit/test_schema.py`` fails when the migrations and this module disagree (``alembic check``).
 
 Not SQLAlchemy objects, so not compared: the triggers that make ``audit_events`` append-only
 (migration 0001).

@@ -718,7 +718,7 @@ def print_report(res: dict) -> None:
         )
     g = r["gc_during_render_phase"]
     print(
-        f"merge only (RecordService.record): median {r['merge_only_ms']['median']:.1f}, "
+        f"merge only (RecordService.merged): median {r['merge_only_ms']['median']:.1f}, "
         f"p95 {r['merge_only_ms']['p95']:.1f}; gen-2 GC in this phase: {g['gen2_count']} pauses, "
         f"max {g['gen2_max_ms']:.0f} ms\n"
     )

@@ -8,5 +8,4 @@ SUMMARY = "summary"  # the summary and its lists (B0370/B0401 summary-record act
 DEMOGRAPHICS = "demographics"  # administrative roles: who the person is and who is involved in care
 
 CLINICAL = frozenset({DETAILED, SUMMARY})
-EVERYONE = frozenset({DETAILED, SUMMARY, DEMOGRAPHICS})
 ONLY_DETAILED = frozenset({DETAILED})

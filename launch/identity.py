@@ -8,7 +8,7 @@ decision and the audit trail.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from core.identifiers import JOB_ROLE_SYSTEM, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SDS_USER_SYSTEM
 from core.names import display_name
@@ -57,9 +57,6 @@ class UserIdentity:
     def organisation_label(self) -> str:
         org = self.organisation
         return (org.name or org.ods or "unknown organisation") if org else "unknown organisation"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> UserIdentity:

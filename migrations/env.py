@@ -1,7 +1,7 @@
 """Alembic environment: the database comes from the viewer's own configuration (SCR_CONFIG + env).
 
 ``app.schema.metadata`` is the single definition of every table, so ``alembic check`` (and
-``alembic revision --autogenerate``) compare the migrated database with it; ``tests/audit/test_schema.py``
+``alembic revision --autogenerate``) compare the migrated database with it; ``tests/app/audit/test_schema.py``
 runs the check on SQLite and PostgreSQL. The append-only triggers (0001) are not SQLAlchemy objects and
 are not compared.
 """

@@ -122,7 +122,7 @@ INTEGRATION_FIXTURES = frozenset(
         "running",  # the sandbox and the viewer on real loopback HTTP servers
         "sandbox",
         "sekmet",  # sekmet-fhir in its own venv (tests/interop)
-        "deployment",  # gunicorn viewers + a sandbox process + Redis + PostgreSQL (tests/ops)
+        "deployment",  # gunicorn viewers + a sandbox process + Redis + PostgreSQL (tests/app/test_production.py)
         "pg_url",  # a fresh PostgreSQL database
         "redis_prefix",  # keys of their own on the shared Redis
         "playwright",  # Chromium through pytest-playwright (page, context, browser are built on it)
@@ -130,7 +130,7 @@ INTEGRATION_FIXTURES = frozenset(
         "page",
     }
 )
-# Parameters that pick an external service, whatever they parametrize: tests/audit's ``store`` and
+# Parameters that pick an external service, whatever they parametrize: tests/app/audit's ``store`` and
 # ``fresh_url`` run on "sqlite" in the fast lane and on "postgresql" in the full suite.
 INTEGRATION_PARAMS = frozenset({"postgresql", "redis"})
 # Folders and modules that need servers or processes without saying so through a fixture.

@@ -53,14 +53,14 @@ class SourceRef:
     last_updated: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class MedicationDetail:
     dose: str
     last_issued: str | None
     doses: tuple[str, ...]  # every distinct dose recorded for this medicine
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AllergyDetail:
     nka: bool  # a "no known allergies" statement rather than an allergy
     criticality: str | None
@@ -68,13 +68,13 @@ class AllergyDetail:
     category: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EncounterDetail:
     kind: str
     reasons: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ResultDetail:
     value: str
     category: str
@@ -82,13 +82,13 @@ class ResultDetail:
     interpretation: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ReportDetail:
     conclusion: str | None
     results: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DocumentDetail:
     description: str | None
     content_type: str | None
@@ -126,15 +126,6 @@ class Row:
     @property
     def source_ids(self) -> list[str]:
         return sorted({s.source_id for s in self.sources})
-
-    @property
-    def security_labels(self) -> set[str]:
-        labels = set()
-        for r in self.resources:
-            for label in (r.get("meta") or {}).get("security") or []:
-                if label.get("code"):
-                    labels.add(label["code"])
-        return labels
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urlsplit
 
 from flask import Blueprint, g, redirect, render_template, request, url_for
@@ -107,7 +106,3 @@ def break_glass(ctx_id: str):
             return _page("access/break_glass.html", ctx, look, str(exc), 400 if allowed else 403)
         return redirect(_next(ctx))
     return _page("access/break_glass.html", ctx, look, status=200 if allowed else 403)
-
-
-def minutes_left(until: float | None) -> int:
-    return max(0, int((until - time.time()) // 60)) if until else 0

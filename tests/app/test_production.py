@@ -21,7 +21,7 @@ import redis
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.audit.conftest import PG_ADMIN_URL
+from tests.app.audit.conftest import PG_ADMIN_URL
 from tests.conftest import IN_CI, ROOT, SYNTHEA_DIR, LoopbackCookieJar
 
 REDIS_URL = os.environ.get("SCR_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
