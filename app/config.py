@@ -424,6 +424,11 @@ class AccessSettings:
     sensitive_codes: frozenset[str]
     training: tuple[TrainingAttestation, ...] = ()
 
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any] | None, file: str = "[access]") -> AccessSettings:
+        """An ``[access]`` table validated on its own (defaults for what it leaves out)."""
+        return _access(check_table(dict(raw or {}), ACCESS, file))
+
 
 @dataclass(frozen=True)
 class Config:

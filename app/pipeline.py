@@ -87,7 +87,7 @@ class RecordPipeline:
         if not gathering.complete:
             return Look(Verdict(Step.WAIT), None, self.record.progress(gathering), gathering=gathering)
         facts = self.access.facts(ctx, gathering, request_id)
-        decision = self.access.decide(ctx, facts, gathering.nhs_number)
+        decision = self.access.decide(ctx, facts, gathering.nhs_number, trained=True)  # screen() passed above
         self.access.record_decision(ctx, decision, request_id, gathering, facts)
         verdict = decision.at(section, self.landing)
         if verdict.step is not Step.SHOW:

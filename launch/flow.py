@@ -58,11 +58,6 @@ def services() -> LaunchServices:
     return current_app.extensions[EXTENSION]
 
 
-def pkce_challenge(verifier: str) -> str:
-    """RFC 7636 S256: Authlib's helper."""
-    return create_s256_code_challenge(verifier)
-
-
 def binding_hash(binding: str) -> str:
     return hashlib.sha256(binding.encode()).hexdigest()
 
@@ -92,7 +87,7 @@ def begin(services: LaunchServices, ehr: EhrRegistration, launch: str | None, bi
         "state": state,
         "nonce": nonce,
         "aud": ehr.issuer,
-        "code_challenge": pkce_challenge(verifier),
+        "code_challenge": create_s256_code_challenge(verifier),
         "code_challenge_method": "S256",
     }
     if launch is not None:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 from app.audit.alerts import AlertBox
 from app.audit.store import AuditStore
@@ -15,7 +15,6 @@ from app.config import Config
 from core.state import KeyValueStore
 from launch.tokens import TokenManager
 
-from .policy import AccessRules
 from .service import AccessService
 from .training import TrainingRegister
 
@@ -29,6 +28,5 @@ def init_app(
     alerts: AlertBox,
     tokens: TokenManager,
 ) -> tuple[AccessService, TrainingRegister]:
-    rules = AccessRules(**{f.name: getattr(config.access, f.name) for f in fields(AccessRules)})
     training = TrainingRegister(audit_store, [asdict(t) for t in config.access.training])
-    return AccessService(rules, audiences, store, trail, alerts, training, tokens), training
+    return AccessService(config.access, audiences, store, trail, alerts, training, tokens), training

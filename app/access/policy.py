@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from app.config import ACCESS_DEFAULTS
+from app.config import ACCESS_DEFAULTS, AccessSettings
 from core.capabilities import DEMOGRAPHICS, DETAILED, SUMMARY
 from launch.identity import UserIdentity
 
@@ -56,46 +56,8 @@ REASON_LABELS = {
 }
 
 
-@dataclass(frozen=True)
-class AccessRules:
-    view_summary: frozenset[str]
-    view_detailed: frozenset[str]
-    emergency_access: frozenset[str]
-    legal_override: frozenset[str]
-    sensitive_records: frozenset[str]
-    privacy_officer_roles: frozenset[str]
-    privacy_officer_activities: frozenset[str]
-    admin_roles: frozenset[str]
-    reason_codes: tuple[str, ...]
-    break_glass_minutes: int
-    break_glass_min_justification: int
-    sensitive_labels: frozenset[str]
-    sensitive_codes: frozenset[str]
-
-    @classmethod
-    def from_config(cls, raw: dict | None) -> AccessRules:
-        d = {**DEFAULTS, **(raw or {})}
-        sets = {
-            k: frozenset(d[k])
-            for k in (
-                "view_summary",
-                "view_detailed",
-                "emergency_access",
-                "legal_override",
-                "sensitive_records",
-                "privacy_officer_roles",
-                "privacy_officer_activities",
-                "admin_roles",
-                "sensitive_labels",
-                "sensitive_codes",
-            )
-        }
-        return cls(
-            **sets,
-            reason_codes=tuple(d["reason_codes"]),
-            break_glass_minutes=int(d["break_glass_minutes"]),
-            break_glass_min_justification=int(d["break_glass_min_justification"]),
-        )
+# The rules are the validated ``[access]`` table itself: one list of fields, one validator, one set of defaults.
+AccessRules = AccessSettings
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,11 @@ class AccessService:
     # -- before anything is fetched ---------------------------------------------------------------------
     def screen(self, ctx: LaunchContext) -> Decision | None:
         """A refusal on the user's identity alone (no clinical role; standalone use without training)."""
-        trained = not ctx.standalone or self.training.attested(ctx.identity.sds_user_id if ctx.identity else None)
-        return screen(ctx.identity, self.rules, standalone=ctx.standalone, trained=trained)
+        return screen(ctx.identity, self.rules, standalone=ctx.standalone, trained=self._trained(ctx))
+
+    def _trained(self, ctx: LaunchContext) -> bool:
+        """Only standalone use needs recorded training (one register lookup)."""
+        return not ctx.standalone or self.training.attested(ctx.identity.sds_user_id if ctx.identity else None)
 
     def prepare(self, ctx: LaunchContext, nhs: str | None, request_id: str) -> None:
         """Ask the user's own system whether the patient is a colleague while the record is being fetched,
@@ -92,8 +95,9 @@ class AccessService:
         bg = self.store.get(self._bg_key(ctx, nhs))
         return bg["until"] if bg else None
 
-    def decide(self, ctx: LaunchContext, facts: PatientFacts, nhs: str | None) -> Decision:
-        trained = not ctx.standalone or self.training.attested(ctx.identity.sds_user_id if ctx.identity else None)
+    def decide(self, ctx: LaunchContext, facts: PatientFacts, nhs: str | None, trained: bool | None = None) -> Decision:
+        """``trained``: already known when ``screen`` has just passed (saves a second register lookup)."""
+        trained = self._trained(ctx) if trained is None else trained
         return decide(
             ctx.identity,
             facts,

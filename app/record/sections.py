@@ -48,6 +48,24 @@ class Page:
         return self.number * self.size < self.total
 
 
+@dataclass(frozen=True)
+class Excerpt:
+    """The first items of a long list and how many there are: a shortened list always says so, and
+    ``?all=<name>`` shows the whole of it."""
+
+    items: list
+    total: int
+    name: str
+
+    @property
+    def cut(self) -> bool:
+        return len(self.items) < self.total
+
+
+def excerpt(items: list, limit: int, name: str, everything: bool = False) -> Excerpt:
+    return Excerpt(items if everything else items[:limit], len(items), name)
+
+
 def paginate(rows: list[Row], page: int, size: int = PAGE_ROWS) -> Page:
     page = max(page, 1)
     return Page(rows[(page - 1) * size : page * size], page, len(rows), size)

@@ -18,6 +18,7 @@ from typing import Protocol
 import orjson
 
 from app.config import Config
+from core.fhir_client import TokenSource
 from core.http import fetch_executor
 from core.names import display_name
 from launch.backend import BackendTokens
@@ -26,7 +27,7 @@ from launch.ehr_client import EhrFhirClient
 from launch.tokens import TokenManager
 
 from .catalogue import Catalogue
-from .fetch import FetchJob, SourceResult, TokenSource, restore, snapshot_of
+from .fetch import FetchJob, SourceResult, restore, snapshot_of
 from .match import Demographics, demographic_warnings, demographics, nhs_number_of
 from .merge import Item, Row, SourceRef
 from .sources import RecordSource, record_sources

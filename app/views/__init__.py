@@ -8,10 +8,13 @@ from app.record.catalogue import Catalogue
 
 from . import access, privacy, record
 
+# Paths under /r/<ctx>/ that are not section pages: a section may not take their name.
+FIXED_RECORD_PATHS = frozenset({"progress", "export.json", "access", "privacy"})
+
 
 def init_app(app: Flask, catalogue: Catalogue) -> None:
     config = app.config["SCR"]
-    clash = {s.name for s in catalogue.pages} & _fixed_record_paths(app)
+    clash = {s.name for s in catalogue.pages} & FIXED_RECORD_PATHS
     if clash:
         raise ValueError(f"record sections would shadow fixed record pages: {', '.join(sorted(clash))}")
 
@@ -27,7 +30,3 @@ def init_app(app: Flask, catalogue: Catalogue) -> None:
     app.register_blueprint(access.bp)
     app.register_blueprint(privacy.bp)
 
-
-def _fixed_record_paths(app: Flask) -> set[str]:
-    """Paths under /r/<ctx>/ that are not section pages (a section may not take their name)."""
-    return {"progress", "export.json", "access", "privacy"}

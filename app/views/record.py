@@ -32,6 +32,11 @@ bp = Blueprint("record", __name__, url_prefix="/r/<ctx_id>")
 
 FIRST_SCREEN_WAIT = 1.5  # seconds the first page waits for the organisations before showing progress
 SECTION_WAIT = 10.0
+# Lists a page shortens, each with "showing N of M" and a link to all of it.
+TRENDS_SHOWN = 12
+REPORTS_SHOWN = 50
+DOCUMENTS_SHOWN = 200  # per organisation
+CARE_PLANS_SHOWN = 50
 ALLOWED_TAGS = {
     "p",
     "br",
@@ -227,6 +232,11 @@ def encounters(ctx_id: str):
     return render("record/encounters.html", ctx, look, "encounters", spec=spec, page=page, filters=filters)
 
 
+def _wants_all(name: str) -> bool:
+    """``?all=<list>``: the whole of a list the page otherwise shortens (and says it shortened)."""
+    return request.args.get("all") == name
+
+
 def _date_arg(name: str) -> str | None:
     value = request.args.get(name, "")
     return value if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) else None
@@ -239,8 +249,8 @@ def results(ctx_id: str):
     if not look.shown:
         return act_on(ctx, look, "results")
     record = look.record
-    trends = views.trends(record)
-    charts = [(t, trend_svg(t.name, t.unit, t.points, t.sources), legend(t.sources)) for t in trends[:12]]
+    trends = views.excerpt(views.trends(record), TRENDS_SHOWN, "trends", _wants_all("trends"))
+    charts = [(t, trend_svg(t.name, t.unit, t.points, t.sources), legend(t.sources)) for t in trends.items]
     page = views.paginate(record.section("results"), request.args.get("page", 1, type=int))
     spec = services().catalogue.get("results")
     if request.headers.get("HX-Request") and request.args.get("fragment"):
@@ -252,9 +262,9 @@ def results(ctx_id: str):
         "results",
         spec=spec,
         charts=charts,
+        trends=trends,
         page=page,
-        reports=record.section("reports"),
-        more_trends=len(trends) > 12,
+        reports=views.excerpt(record.section("reports"), REPORTS_SHOWN, "reports", _wants_all("reports")),
     )
 
 
@@ -281,7 +291,9 @@ def documents(ctx_id: str):
     for row in look.record.section("documents"):
         for src in row.sources:
             by_org.setdefault(src.name, []).append(row)
-    return render("record/documents.html", ctx, look, "documents", by_org=by_org)
+    everything = _wants_all("documents")
+    shown = {org: views.excerpt(rows, DOCUMENTS_SHOWN, "documents", everything) for org, rows in by_org.items()}
+    return render("record/documents.html", ctx, look, "documents", by_org=shown)
 
 
 @bp.get("/documents/<row_id>")
@@ -339,7 +351,8 @@ def care(ctx_id: str):
     look = look_at(ctx, "care", SECTION_WAIT)
     if not look.shown:
         return act_on(ctx, look, "care")
-    return render("record/care.html", ctx, look, "care", services=views.involved_services(look.record))
+    plans = views.excerpt(look.record.section("care_plans"), CARE_PLANS_SHOWN, "care-plans", _wants_all("care-plans"))
+    return render("record/care.html", ctx, look, "care", services=views.involved_services(look.record), plans=plans)
 
 
 @bp.get("/export.json")

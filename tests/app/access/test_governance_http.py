@@ -11,6 +11,7 @@ import pytest
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
 
 from app.audit.store import AuditStore
+from app.record.catalogue import CATALOGUE
 from app.services import services
 from tests.conftest import LoopbackCookieJar
 
@@ -343,3 +344,21 @@ def test_export_leaves_out_what_was_withheld(http, sandbox, gov):
     assert labelled(full), "the sensitive-records role should export Priya's sensitive items"
     assert labelled(restricted) == []
     assert len(restricted["entry"]) < len(full["entry"])
+
+
+def test_refused_on_identity_alone_means_nothing_is_fetched(http, sandbox, gov):
+    """A privacy officer (no clinical capability) lands on their console and no organisation is asked
+    anything about the patient: not the search by NHS number, not a single clinical resource."""
+    started = time.time()
+    resp = launch(http, sandbox, "po-wright", MARGARET)
+    assert landing(resp) == "privacy-console"
+    http.get(resp.url.split("/privacy/")[0] + "/")  # the record's first page: refused again, still no fetch
+    time.sleep(0.5)  # an early start, had there been one, would have sent its requests by now
+    asked = [r.url for r in list(sandbox.state.requests) if r.at >= started]
+    patient_searches = [u for u in asked if "/Patient?" in u]
+    clinical = [u for u in asked if any(f"/{t}?" in u for t in CATALOGUE.fetch_types)]
+    assert patient_searches == [] and clinical == [], asked
+    # The same launch by a clinician does ask every organisation (so the check above could fail).
+    started = time.time()
+    launch(http, sandbox, "dr-patel", MARGARET)
+    assert any("/Observation?" in r.url for r in list(sandbox.state.requests) if r.at >= started)

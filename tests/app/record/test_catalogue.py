@@ -18,7 +18,7 @@ from app.record.catalogue import CATALOGUE, TABLE, Catalogue, Section
 from app.record.service import RecordService
 from app.services import services
 from app.views.record import render
-from core.capabilities import CLINICAL, DETAILED
+from core.capabilities import CLINICAL
 from launch.identity import Organisation, UserIdentity
 from launch.scopes import launch_scopes
 
@@ -122,4 +122,3 @@ def test_an_added_section_is_fetched_merged_routed_and_navigable(running, http, 
     assert "<h2>Goals of care</h2>" in html and '<th scope="col">Status</th>' in html
     assert '<td class="goal">Walk to the shops</td>' in html
     assert smart.settings.record_types == catalogue.fetch_types
-    assert DETAILED in catalogue.get("goals").audience

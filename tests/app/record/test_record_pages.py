@@ -344,3 +344,58 @@ def test_the_record_is_gathered_while_the_browser_follows_the_sign_in_redirect(h
     assert page.status_code == 200 and "Check identity:" in page.text
     again = [r for r in viewer_requests(sandbox, started) if r.org_id == "hospital" and "/Patient?identifier=" in r.url]
     assert len(again) == 1, "the record page fetched again instead of using the early start"
+
+
+def test_shortened_lists_say_so_and_show_everything_on_request(http, sandbox, viewer):
+    """Reports beyond the first 50 are never dropped silently: "Showing 50 of N" and a link to all N."""
+    store = sandbox.state.dataset.stores["gp"]
+    existing = len(store.search("DiagnosticReport", {"patient": ["gp-pat-price"]})[0])
+    for i in range(max(0, 60 - existing)):
+        store.add(
+            {
+                "resourceType": "DiagnosticReport",
+                "id": f"gp-dr-price-spirometry-{i}",
+                "status": "final",
+                "code": {
+                    "coding": [{"system": "http://snomed.info/sct", "code": "127783003", "display": "Spirometry"}]
+                },
+                "subject": {"reference": "Patient/gp-pat-price"},
+                "effectiveDateTime": f"2024-{1 + i // 28:02d}-{1 + i % 28:02d}T09:00:00Z",
+                "conclusion": f"Spirometry {i}",
+            }
+        )
+    resp = open_record(http, sandbox, nhs="9991003339")
+    page = http.get(resp.url + "results").text
+    reports = page.split('id="table-reports"')[1].split("</table>")[0]
+    total = int(re.search(r'id="count-reports">Showing 50 of (\d+) reports', page).group(1))
+    assert total >= 60 and reports.count("<tr>") == 50 + 1  # header row + 50
+    link = re.search(r'id="count-reports">[^<]*<a href="([^"]+)"', page).group(1).replace("&amp;", "&")
+    everything = http.get(sandbox.viewer_url + link).text
+    assert everything.split('id="table-reports"')[1].split("</table>")[0].count("<tr>") == total + 1
+    assert 'id="count-reports"' not in everything
+
+
+def test_excerpt_counts_what_it_leaves_out():
+    from app.record.sections import excerpt
+
+    short = excerpt(list(range(30)), 12, "trends")
+    assert short.items == list(range(12)) and short.total == 30 and short.cut
+    whole = excerpt(list(range(30)), 12, "trends", everything=True)
+    assert len(whole.items) == 30 and not whole.cut
+    assert not excerpt([1, 2], 12, "trends").cut
+
+
+def test_the_record_is_merged_once_per_page(http, sandbox, viewer, monkeypatch):
+    """Facts for the decision come from the raw resources, so a page merges the record once (with the
+    withholding applied), not once for the decision and again for the page."""
+    from app.record.catalogue import Catalogue
+
+    calls = []
+    original = Catalogue.build
+    monkeypatch.setattr(Catalogue, "build", lambda self, items: calls.append(1) or original(self, items))
+    resp = open_record(http, sandbox, nhs="9991003339")
+    text = wait_complete(http, resp.url)[0] if "Gathering the record" in resp.text else resp.text
+    assert "Allergies and adverse reactions" in text  # the loading page and the polls merge nothing
+    assert len(calls) == 1
+    http.get(resp.url + "medications")  # another page of the same launch: the merge is reused
+    assert len(calls) == 1
