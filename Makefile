@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 
 ## Apply database migrations (SCR_DATABASE_URL for PostgreSQL; otherwise the SQLite file in the config).
 migrate: $(STAMP)
-	$(BIN)/alembic upgrade head
+	$(BIN)/alembic -c app/alembic.ini upgrade head
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

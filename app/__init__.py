@@ -17,7 +17,7 @@ from flask import Flask, g, render_template, request, session
 from .config import Config, load_config
 from .record.catalogue import CATALOGUE, EXPORT_AUDIENCE, Catalogue
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
@@ -33,7 +33,7 @@ def create_app(config: Config | None = None, catalogue: Catalogue = CATALOGUE) -
     from .services import Services, install, services
 
     config = config or load_config()
-    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
     app.config["SCR"] = config
     app.secret_key = config.viewer.secret_key or secrets.token_bytes(32)
 

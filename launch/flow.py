@@ -27,6 +27,7 @@ from .errors import AccessDenied, BadState, InvalidIdToken, MissingScope, TokenE
 from .id_token import validate_id_token
 from .identity import resolve_identity
 from .registration import ClientSettings, EhrRegistration
+from .roles import RegisterLookup
 from .scopes import launch_scopes, missing_scopes
 from .tokens import TokenEndpoint, TokenManager, token_set_from_response
 
@@ -44,6 +45,7 @@ class LaunchServices:
     keyset: KeySet
     backend: BackendTokens
     on_launch: Callable[[LaunchContext, str], None] | None = None  # e.g. the audit trail; may refuse by raising
+    register: RegisterLookup | None = None  # the viewer's local access register (identity source "register")
 
     @property
     def redirect_uri(self) -> str:
@@ -140,7 +142,9 @@ def complete(services: LaunchServices, params: dict[str, str], binding: str, req
     )
     services.tokens.save(ctx.id, tokens)
     client = EhrFhirClient(services.tokens, ctx.id, ctx.iss, request_id)
-    ctx.identity = resolve_identity(client, ctx.fhir_user, claims)
+    ctx.identity = resolve_identity(
+        client, ctx.fhir_user, claims, issuer=ehr.issuer, policy=ehr.identity, register=services.register
+    )
     services.contexts.save(ctx)
     log.info("launch complete: context %s… for %s at %s", ctx.id[:6], claims.get("sub"), ehr.issuer)
     return ctx

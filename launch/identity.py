@@ -1,33 +1,44 @@
-"""Who the user is: ``fhirUser`` (Practitioner or PractitionerRole) resolved at the launching EHR,
-combined with the national RBAC claims (CIS2 style) carried in the id_token.
+"""Who the user is and what they may do, from what the launching EHR actually provides.
 
-The result is one typed value, ``UserIdentity``, stored with the launch context and handed to the access
-decision and the audit trail.
+Identity (name, user id, Practitioner) comes from the id_token and ``fhirUser``. The national RBAC role
+and activity codes come from the first of the EHR's configured *identity sources* that yields any:
+
+- ``cis2_claims``: the CIS2-style ``nhsid_nrbac_roles`` claim in the id_token (NHS Care Identity Service 2);
+- ``practitioner_role``: national job role and activity codes on the user's PractitionerRole.code;
+- ``register``: the viewer's local access register (issuer + user id or fhirUser → codes, with an expiry);
+- ``ehr_default``: an explicit per-EHR grant ("only clinical staff can reach this EHR"), off by default.
+
+Codes are never mixed across sources: the audit records which one gave them (``role_source``), and what
+each of the others lacked (``tried``) is shown to a user for whom nothing maps.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from core.identifiers import JOB_ROLE_SYSTEM, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SDS_USER_SYSTEM
+from core.identifiers import ACTIVITY_CODE_SYSTEM, JOB_ROLE_SYSTEM, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SDS_USER_SYSTEM
 from core.names import display_name
 
 from .ehr_client import EhrFhirClient
 from .errors import IdentityUnresolved, SourceError
+from .roles import (
+    CIS2_CLAIMS,
+    EHR_DEFAULT,
+    PRACTITIONER_ROLE,
+    REGISTER,
+    IdentityPolicy,
+    Organisation,
+    RegisterLookup,
+    RoleGrant,
+)
 
 JOB_ROLE_SYSTEMS = (
     JOB_ROLE_SYSTEM,
     "https://fhir.hl7.org.uk/CodeSystem/UKCore-SDSJobRoleName",
 )
+ACTIVITY_CODE_SYSTEMS = (ACTIVITY_CODE_SYSTEM,)
 STAFF_TYPES = ("Practitioner", "PractitionerRole")
-
-
-@dataclass(frozen=True)
-class Organisation:
-    ods: str | None
-    name: str | None = None
-    reference: str | None = None  # the Organization at the launching EHR
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,9 @@ class UserIdentity:
     organisation: Organisation | None = None
     practitioner: str | None = None  # "Practitioner/<id>" at the launching EHR
     nhs_number: str | None = None  # when the EHR links the user's staff record to their own patient identity
+    issuer: str | None = None  # the launching EHR (the access register is keyed on it)
+    role_source: str | None = None  # the identity source that gave the codes (IDENTITY_SOURCES), None if none did
+    tried: tuple[str, ...] = ()  # "<source>: what it lacked", for each source tried without result
 
     @property
     def user_id(self) -> str | None:
@@ -58,6 +72,11 @@ class UserIdentity:
         org = self.organisation
         return (org.name or org.ods or "unknown organisation") if org else "unknown organisation"
 
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        """What the access register may be keyed on for this user: the id_token subject, fhirUser, SDS id."""
+        return tuple(dict.fromkeys(s for s in (self.sub, self.fhir_user, self.sds_user_id) if s))
+
     @classmethod
     def from_dict(cls, data: dict) -> UserIdentity:
         org = data.get("organisation")
@@ -66,46 +85,140 @@ class UserIdentity:
                 **data,
                 "role_codes": tuple(data.get("role_codes") or ()),
                 "activity_codes": tuple(data.get("activity_codes") or ()),
+                "tried": tuple(data.get("tried") or ()),
                 "organisation": Organisation(**org) if org else None,
             }
         )
 
 
-def resolve_identity(client: EhrFhirClient, fhir_user: str | None, claims: dict) -> UserIdentity:
-    identity = {
-        "sub": claims.get("sub"),
-        "fhir_user": fhir_user,
-        "name": claims.get("name"),
-        "sds_user_id": claims.get("nhsid_useruid"),
-        "role_codes": [],
-        "activity_codes": [],
-        "organisation": None,  # {"ods": ..., "name": ..., "reference": ...}
-        "practitioner": None,  # "Practitioner/<id>" at the launching EHR
-        "nhs_number": None,  # when the EHR links the user's staff record to their own patient identity
-    }
-    _apply_rbac_claims(identity, claims)
+def resolve_identity(
+    client: EhrFhirClient,
+    fhir_user: str | None,
+    claims: dict,
+    *,
+    issuer: str = "",
+    policy: IdentityPolicy | None = None,
+    register: RegisterLookup | None = None,
+) -> UserIdentity:
+    policy = policy or IdentityPolicy()
     rtype = _reference_type(fhir_user)
     if fhir_user and rtype not in STAFF_TYPES:
         raise IdentityUnresolved(f"fhirUser {fhir_user!r} is not a Practitioner or PractitionerRole")
+    staff = _Staff()
     if fhir_user and client.resolve(fhir_user):
         try:
-            _apply_fhir(identity, client, fhir_user, rtype)
+            _read_staff(staff, client, fhir_user, rtype)
         except SourceError as exc:
             raise IdentityUnresolved(f"could not read fhirUser: {exc.detail}") from exc
-    if not identity["name"]:
+    name = claims.get("name") or staff.name
+    if not name:
         raise IdentityUnresolved("neither the id_token nor the EHR gave the user's name")
-    org = identity["organisation"]
-    return UserIdentity(
-        name=identity["name"],
-        sub=identity["sub"],
-        fhir_user=identity["fhir_user"],
-        sds_user_id=identity["sds_user_id"],
-        role_codes=tuple(sorted(set(identity["role_codes"]))),
-        activity_codes=tuple(sorted(set(identity["activity_codes"]))),
-        organisation=Organisation(**org) if org else None,
-        practitioner=identity["practitioner"],
-        nhs_number=identity["nhs_number"],
+    identity = UserIdentity(
+        name=name,
+        sub=claims.get("sub"),
+        fhir_user=fhir_user,
+        sds_user_id=claims.get("nhsid_useruid") or staff.sds_user_id,
+        practitioner=staff.practitioner,
+        nhs_number=staff.nhs_number,
+        issuer=issuer or None,
     )
+    grant, tried = None, []
+    for source in policy.order:
+        found, lacked = _grant_from(source, claims, staff, identity, policy, register)
+        if found is not None and found.activity_codes:
+            grant = found
+            break
+        tried.append(f"{source}: {lacked}")
+        if found is not None and found.role_codes and grant is None:
+            grant = found  # a role without activities (administrative staff): kept unless a later source maps
+    # The EHR's own organisation when it is bound to one; else what the role says (read only if needed).
+    organisation = (
+        policy.organisation
+        or (grant.organisation if grant else None)
+        or _role_organisation(client, staff.organisation_ref)
+        or _claims_org(claims)
+    )
+    return replace(
+        identity,
+        role_codes=tuple(sorted(set(grant.role_codes))) if grant else (),
+        activity_codes=tuple(sorted(set(grant.activity_codes))) if grant else (),
+        role_source=grant.source if grant else None,
+        organisation=organisation,
+        tried=tuple(tried),
+    )
+
+
+def _grant_from(
+    source: str,
+    claims: dict,
+    staff: _Staff,
+    identity: UserIdentity,
+    policy: IdentityPolicy,
+    register: RegisterLookup | None,
+) -> tuple[RoleGrant | None, str]:
+    """One identity source's grant (or None), and what it lacked in plain words."""
+    if source == CIS2_CLAIMS:
+        grant = _cis2_grant(claims)
+        if grant is None:
+            return None, "the sign-in carried no national RBAC role (nhsid_nrbac_roles)"
+        return grant, "the selected role has no activity codes"
+    if source == PRACTITIONER_ROLE:
+        if not staff.roles_read:
+            return None, "the sign-in named no staff record (fhirUser) to read"
+        if not staff.role_codes and not staff.activity_codes:
+            return None, "no PractitionerRole with national RBAC codes for this user"
+        grant = RoleGrant(tuple(staff.role_codes), tuple(staff.activity_codes), PRACTITIONER_ROLE)
+        return grant, "the PractitionerRole has a job role code but no activity codes"
+    if source == REGISTER:
+        if register is None or not identity.issuer:
+            return None, "the access register is not available"
+        grant = register(identity.issuer, identity.subjects)
+        return grant, "no current entry for this user"
+    if source == EHR_DEFAULT:
+        return policy.default_grant, "no default role is configured for this clinical system"
+    return None, "unknown identity source"
+
+
+def _cis2_grant(claims: dict) -> RoleGrant | None:
+    """CIS2 ``nhsid_nrbac_roles``: the selected role's job role code (R-part) and activity codes."""
+    roles = claims.get("nhsid_nrbac_roles")
+    if not isinstance(roles, list):
+        return None
+    selected = claims.get("selected_roleid")
+    role_codes: list[str] = []
+    activities: list[str] = []
+    org = None
+    for role in roles:
+        if not isinstance(role, dict) or (selected and role.get("person_roleid") != selected):
+            continue
+        code = str(role.get("role_code", "")).split(":")[-1]
+        if code:
+            role_codes.append(code)
+        activities.extend(str(a) for a in role.get("activity_codes") or [])
+        if role.get("org_code") and org is None:
+            org = Organisation(ods=str(role["org_code"]))
+    if not role_codes and not activities:
+        return None
+    return RoleGrant(tuple(role_codes), tuple(activities), CIS2_CLAIMS, org)
+
+
+def _claims_org(claims: dict) -> Organisation | None:
+    grant = _cis2_grant(claims)
+    return grant.organisation if grant else None
+
+
+@dataclass
+class _Staff:
+    """What the EHR says about the user's staff record (Practitioner and PractitionerRole)."""
+
+    name: str | None = None
+    practitioner: str | None = None
+    sds_user_id: str | None = None
+    nhs_number: str | None = None
+    roles_read: bool = False
+    role_codes: list[str] = field(default_factory=list)
+    activity_codes: list[str] = field(default_factory=list)
+    organisation_ref: dict | None = None  # PractitionerRole.organization
 
 
 def _reference_type(ref: str | None) -> str | None:
@@ -115,24 +228,7 @@ def _reference_type(ref: str | None) -> str | None:
     return parts[-2] if len(parts) >= 2 else None
 
 
-def _apply_rbac_claims(identity: dict, claims: dict) -> None:
-    """CIS2 ``nhsid_nrbac_roles``: the selected role's job role code (R-part) and activity codes."""
-    roles = claims.get("nhsid_nrbac_roles")
-    if not isinstance(roles, list):
-        return
-    selected = claims.get("selected_roleid")
-    for role in roles:
-        if not isinstance(role, dict) or (selected and role.get("person_roleid") != selected):
-            continue
-        code = str(role.get("role_code", "")).split(":")[-1]
-        if code:
-            identity["role_codes"].append(code)
-        identity["activity_codes"].extend(str(a) for a in role.get("activity_codes") or [])
-        if role.get("org_code") and not identity["organisation"]:
-            identity["organisation"] = {"ods": role["org_code"], "name": None, "reference": None}
-
-
-def _apply_fhir(identity: dict, client: EhrFhirClient, fhir_user: str, rtype: str | None) -> None:
+def _read_staff(staff: _Staff, client: EhrFhirClient, fhir_user: str, rtype: str | None) -> None:
     if rtype == "PractitionerRole":
         roles = [client.get(fhir_user)]
         practitioner_ref = (roles[0].get("practitioner") or {}).get("reference")
@@ -149,28 +245,41 @@ def _apply_fhir(identity: dict, client: EhrFhirClient, fhir_user: str, rtype: st
             for e in bundle.get("entry", [])
             if e.get("resource", {}).get("resourceType") == "PractitionerRole"
         ]
+    staff.roles_read = True
     if practitioner:
-        identity["practitioner"] = f"Practitioner/{practitioner.get('id')}"
-        identity["name"] = identity["name"] or display_name(practitioner.get("name"), with_title=True)
+        staff.practitioner = f"Practitioner/{practitioner.get('id')}"
+        staff.name = display_name(practitioner.get("name"), with_title=True)
         for ident in practitioner.get("identifier") or []:
-            if ident.get("system") == SDS_USER_SYSTEM and not identity["sds_user_id"]:
-                identity["sds_user_id"] = ident.get("value")
+            if ident.get("system") == SDS_USER_SYSTEM and not staff.sds_user_id:
+                staff.sds_user_id = ident.get("value")
             if ident.get("system") == NHS_NUMBER_SYSTEM:
-                identity["nhs_number"] = (ident.get("value") or "").replace(" ", "") or None
+                staff.nhs_number = (ident.get("value") or "").replace(" ", "") or None
     for role in roles:
+        if role.get("active") is False:
+            continue
         for concept in role.get("code") or []:
             for coding in concept.get("coding") or []:
-                if coding.get("system") in JOB_ROLE_SYSTEMS and coding.get("code"):
-                    identity["role_codes"].append(str(coding["code"]).split(":")[-1])
-        org = role.get("organization") or {}
-        org_ref, ods = org.get("reference"), (org.get("identifier") or {}).get("value")
-        known = identity["organisation"] or {}
-        if ods or (known.get("ods") and org.get("display")):
-            # The ODS code is already known (reference identifier, or the CIS2 claims): no extra round trip.
-            identity["organisation"] = {"ods": ods or known["ods"], "name": org.get("display"), "reference": org_ref}
-        elif org_ref and client.resolve(org_ref):
-            org_resource = client.get(org_ref)
-            ods = next(
-                (i.get("value") for i in org_resource.get("identifier") or [] if i.get("system") == ODS_SYSTEM), None
-            )
-            identity["organisation"] = {"ods": ods, "name": org_resource.get("name"), "reference": org_ref}
+                code = str(coding.get("code") or "").split(":")[-1]
+                if coding.get("system") in JOB_ROLE_SYSTEMS and code:
+                    staff.role_codes.append(code)
+                elif coding.get("system") in ACTIVITY_CODE_SYSTEMS and code:
+                    staff.activity_codes.append(code)
+        if staff.organisation_ref is None and role.get("organization"):
+            staff.organisation_ref = role["organization"]
+
+
+def _role_organisation(client: EhrFhirClient, org: dict | None) -> Organisation | None:
+    """The role's organisation: its ODS identifier when the reference carries one, else read from the EHR."""
+    if not org:
+        return None
+    org_ref, ods = org.get("reference"), (org.get("identifier") or {}).get("value")
+    if ods:
+        return Organisation(ods=ods, name=org.get("display"), reference=org_ref)
+    if org_ref and client.resolve(org_ref):
+        try:
+            resource = client.get(org_ref)
+        except SourceError:
+            return Organisation(ods=None, name=org.get("display"), reference=org_ref)
+        ods = next((i.get("value") for i in resource.get("identifier") or [] if i.get("system") == ODS_SYSTEM), None)
+        return Organisation(ods=ods, name=resource.get("name") or org.get("display"), reference=org_ref)
+    return None

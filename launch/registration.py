@@ -3,7 +3,11 @@ reads with Backend Services. Defined here (the lower layer); ``app.config`` buil
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .roles import IdentityPolicy
+
+USER_TOKEN, BACKEND_SERVICES = "user_token", "backend_services"  # how a bound EHR's organisation is read
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,12 @@ class EhrRegistration:
     standalone: bool = False
     frame_origins: tuple[str, ...] = ()
     id_token_issuer: str | None = None  # pin when the EHR's smart-configuration has no `issuer`
+    identity: IdentityPolicy = field(default_factory=IdentityPolicy)  # where users' roles come from
+    source: str | None = None  # the [[source]] (organisation) this EHR belongs to
+    read_with: str = USER_TOKEN  # a bound organisation's data: the user's token at the EHR, or backend_services
+    ods_code: str | None = None  # an unbound EHR's own organisation
+    kind: str | None = None
+    timeout: float = 5.0  # an unbound EHR's deadline for the record read
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class Source:
     scopes: str = "system/*.rs"
     signing_alg: str = "RS384"
     timeout: float = 5.0
+    token_url: str | None = None  # explicit token endpoint; else smart-configuration, else CapabilityStatement
 
 
 @dataclass(frozen=True)

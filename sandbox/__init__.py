@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 
 from flask import Flask, render_template
+from jinja2 import ChoiceLoader, FileSystemLoader
+
+import app as viewer_package
 
 from app.config import Config, origin_of
 
@@ -16,13 +19,16 @@ from .keys import ServerKeys
 from .settings import sandbox_settings
 from .state import SandboxState
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+VIEWER_FILES = Path(viewer_package.__file__).resolve().parent  # base.html and the static assets
 
 
 def create_sandbox_app(config: Config, dataset: Dataset | None = None) -> Flask:
     """One Flask app serves the EHR pages, ``/auth/*`` and every ``/fhir/<org>`` base."""
     settings = sandbox_settings(config)
-    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app = Flask(__name__, static_folder=str(VIEWER_FILES / "static"))
+    # The sandbox pages extend the viewer's base.html: its own folder first, then the viewer's.
+    app.jinja_loader = ChoiceLoader([FileSystemLoader(HERE / "templates"), FileSystemLoader(VIEWER_FILES / "templates")])
     app.secret_key = secrets.token_bytes(32)
     app.config.update(
         SESSION_COOKIE_NAME="sandbox_ehr_session",  # cookies ignore ports: keep apart from the viewer's

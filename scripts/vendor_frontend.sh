@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Refresh the vendored front-end assets from the npm registry (run by hand when upgrading; never at run time).
-# Versions are pinned in package.json; the copies under static/vendor/ are committed.
+# Versions are pinned in package.json; the copies under app/static/vendor/ are committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -9,7 +9,7 @@ cp package.json "$work/"
 (cd "$work" && npm install --no-audit --no-fund --ignore-scripts >/dev/null)
 nhs="$work/node_modules/nhsuk-frontend/dist/nhsuk"
 ver=$(node -p "require('$work/node_modules/nhsuk-frontend/package.json').version")
-dest=static/vendor/nhsuk-frontend
+dest=app/static/vendor/nhsuk-frontend
 rm -rf "$dest" && mkdir -p "$dest/assets"
 cp -r "$nhs/assets/images" "$dest/assets/"
 cp "$nhs/nhsuk-frontend-$ver.min.js" "$dest/nhsuk-frontend.min.js"
@@ -24,6 +24,6 @@ css = css.replace("url(/assets/images/", "url(assets/images/")
 assert "https://" not in css, "remote URL left in nhsuk-frontend CSS"
 open(sys.argv[2], "w", encoding="utf-8").write(css)
 PY
-mkdir -p static/vendor/htmx
-cp "$work/node_modules/htmx.org/dist/htmx.min.js" static/vendor/htmx/htmx.min.js
+mkdir -p app/static/vendor/htmx
+cp "$work/node_modules/htmx.org/dist/htmx.min.js" app/static/vendor/htmx/htmx.min.js
 echo "vendored nhsuk-frontend $ver and htmx $(node -p "require('$work/node_modules/htmx.org/package.json').version")"

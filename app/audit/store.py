@@ -26,7 +26,7 @@ from app.schema import audit_events
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
-MIGRATIONS_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
+MIGRATIONS_INI = Path(__file__).resolve().parents[1] / "alembic.ini"
 _MIGRATION_LOCK = threading.Lock()
 ADVISORY_LOCK_KEY = 7_204_117  # any constant: the chain's lock in PostgreSQL
 
