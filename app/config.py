@@ -25,13 +25,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from launch.registration import EhrRegistration, Source
+from launch.registration import BACKEND_SERVICES, USER_TOKEN, EhrRegistration, Source
+from launch.roles import DEFAULT_IDENTITY_ORDER, EHR_DEFAULT, IDENTITY_SOURCES, IdentityPolicy, Organisation, RoleGrant
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "sandbox" / "config.toml"
+NO_CONFIG = (
+    "no configuration file: set SCR_CONFIG to the viewer's TOML file "
+    "(docs/configuration.md describes every table and key)"
+)
 CLIENT_AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "none")
 SOURCE_AUTH_METHODS = ("backend_services", "none")
 SOURCE_KINDS = ("gp", "acute", "community", "mental_health", "community_mental_health", "social_care")
 SIGNING_ALGS = ("RS384", "ES384")
+READ_WITH = (USER_TOKEN, BACKEND_SERVICES)
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -121,6 +126,16 @@ def more_than(minimum: float, maximum: float, unit: str = "") -> Callable[[Any],
     return lambda v: None if minimum < v <= maximum else f"must be between {minimum:g} and {maximum:g}{unit}"
 
 
+def each_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(values: tuple[str, ...]) -> str | None:
+        wrong = [v for v in values if v not in choices]
+        if wrong:
+            return f"must list only {', '.join(choices)}; got {', '.join(map(repr, wrong))}"
+        return "must not list a source twice" if len(set(values)) != len(values) else None
+
+    return check
+
+
 def redis_url(value: Any) -> str | None:
     if value and urlsplit(value).scheme not in REDIS_SCHEMES:
         return f"must be a redis://, rediss:// or unix:// URL, got {value!r}"
@@ -187,6 +202,16 @@ EHR = Table(
         "standalone": Key(BOOLEAN, False),
         "frame_origins": Key(STRINGS, check=absolute_url),  # default: the issuer's origin
         "id_token_issuer": Key(STRING, check=absolute_url),
+        # The organisation the EHR belongs to: a [[source]] id, or (unbound) its own ODS code, kind and deadline.
+        "source": Key(STRING),
+        "read_with": Key(STRING, USER_TOKEN, choices=READ_WITH),
+        "ods_code": Key(STRING),
+        "kind": Key(STRING, choices=SOURCE_KINDS),
+        "timeout": Key(NUMBER, 5.0, check=more_than(0, 120, " seconds")),
+        # Where users' national RBAC codes come from, first that yields any (docs/configuration.md).
+        "identity_sources": Key(STRINGS, DEFAULT_IDENTITY_ORDER, check=each_of(IDENTITY_SOURCES)),
+        "default_role_code": Key(STRING),
+        "default_activity_codes": Key(STRINGS, ()),
     },
     array=True,
     label=("name", "issuer"),
@@ -204,6 +229,7 @@ SOURCE = Table(
         "scopes": Key(STRING, "system/*.rs"),
         "signing_alg": Key(STRING, "RS384", choices=SIGNING_ALGS),
         "timeout": Key(NUMBER, 5.0, check=more_than(0, 120, " seconds")),
+        "token_url": Key(STRING, check=absolute_url),  # else smart-configuration, else the CapabilityStatement
     },
     array=True,
     label=("id",),
@@ -383,7 +409,7 @@ class StateSettings:
 @dataclass(frozen=True)
 class AuditSettings:
     database_url: str | None = None
-    sqlite_path: Path = field(default_factory=lambda: (DEFAULT_CONFIG.parent / "../var/audit.sqlite3").resolve())
+    sqlite_path: Path = field(default_factory=lambda: Path("var/audit.sqlite3").resolve())  # the file says where
 
     @property
     def url(self) -> str:
@@ -498,9 +524,13 @@ def read_toml(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Load and validate the configuration; ``path`` defaults to ``$SCR_CONFIG`` then the sandbox's."""
+    """Load and validate the configuration: ``path``, else ``$SCR_CONFIG``; neither is a ConfigError (there is
+    no default file: development tools such as ``make run`` point SCR_CONFIG at the sandbox's)."""
     env = os.environ if env is None else env
-    path = Path(path or env.get("SCR_CONFIG") or DEFAULT_CONFIG).resolve()
+    chosen = path or env.get("SCR_CONFIG")
+    if not chosen:
+        raise ConfigError(NO_CONFIG)
+    path = Path(chosen).resolve()
     file = display_path(path)
     data = read_toml(path, env)
     for name, value in data.items():
@@ -514,8 +544,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         header = f"[[{name}]]" if isinstance(value, list) else f"[{name}]"
         raise ConfigError(f"{file}: unknown table {header}{hint}")
     v = {name: check_table(data.get(name), table, file) for name, table in SCHEMA.items()}
-    ehrs = tuple(_ehr(e, env, file) for e in v["ehr"])
     sources = tuple(_source(s, file) for s in v["source"])
+    ehrs = tuple(_ehr(e, env, file, sources) for e in v["ehr"])
     _unique(file, "ehr issuer", [e.issuer for e in ehrs])
     _unique(file, "source id", [s.id for s in sources])
     return Config(
@@ -556,9 +586,10 @@ def _viewer(d: Mapping[str, Any], base_dir: Path, env: Mapping[str, str]) -> Vie
     )
 
 
-def _ehr(d: Mapping[str, Any], env: Mapping[str, str], file: str) -> EhrRegistration:
+def _ehr(d: Mapping[str, Any], env: Mapping[str, str], file: str, sources: tuple[Source, ...]) -> EhrRegistration:
     issuer = d["issuer"].rstrip("/")
     where = f"{file}: [[ehr]] {d['name'] or issuer!r}"
+    bound = _bound_source(d, issuer, sources, where)
     secret = None
     if d["client_auth"] == "client_secret_basic":
         secret = env.get(d["client_secret_env"]) if d["client_secret_env"] else None
@@ -574,7 +605,55 @@ def _ehr(d: Mapping[str, Any], env: Mapping[str, str], file: str) -> EhrRegistra
         standalone=d["standalone"],
         frame_origins=d["frame_origins"] if d["frame_origins"] is not None else (origin_of(issuer),),
         id_token_issuer=d["id_token_issuer"],
+        identity=_identity_policy(d, bound, where),
+        source=bound.id if bound else None,
+        read_with=d["read_with"],
+        ods_code=bound.ods_code if bound else d["ods_code"],
+        kind=bound.kind if bound else d["kind"],
+        timeout=bound.timeout if bound else d["timeout"],
     )
+
+
+def _bound_source(d: Mapping[str, Any], issuer: str, sources: tuple[Source, ...], where: str) -> Source | None:
+    """The [[source]] an EHR belongs to: named by ``source``, or the one whose FHIR base is the EHR's issuer.
+    An EHR that belongs to none must say which organisation it is (its data is read as that organisation)."""
+    if d["source"]:
+        bound = next((s for s in sources if s.id == d["source"]), None)
+        if bound is None:
+            known = ", ".join(s.id for s in sources) or "none"
+            raise ConfigError(f"{where} source {d['source']!r} is not a [[source]] id (known: {known})")
+    else:
+        bound = next((s for s in sources if s.base_url == issuer), None)
+        if bound is None and d["ods_code"]:
+            bound = next((s for s in sources if s.ods_code == d["ods_code"]), None)  # one organisation, read once
+    if d["read_with"] == BACKEND_SERVICES and (bound is None or bound.auth != BACKEND_SERVICES):
+        raise ConfigError(f"{where} read_with = 'backend_services' needs `source` naming a backend_services [[source]]")
+    if bound is None and not (d["ods_code"] and d["kind"]):
+        raise ConfigError(
+            f"{where} belongs to no [[source]]: set `source` to the organisation it belongs to, "
+            "or give its own `ods_code` and `kind`"
+        )
+    return bound
+
+
+def _identity_policy(d: Mapping[str, Any], bound: Source | None, where: str) -> IdentityPolicy:
+    order, activities, role = tuple(d["identity_sources"]), tuple(d["default_activity_codes"]), d["default_role_code"]
+    if not order:
+        raise ConfigError(f"{where} identity_sources must list at least one identity source")
+    default = None
+    if EHR_DEFAULT in order:
+        if not activities:
+            raise ConfigError(f"{where} identity_sources lists 'ehr_default' but default_activity_codes is empty")
+        default = RoleGrant((role,) if role else (), activities, EHR_DEFAULT)
+    elif activities or role:
+        raise ConfigError(
+            f"{where} default_role_code/default_activity_codes are set but identity_sources does not list "
+            "'ehr_default' (add it where it should be tried, usually last)"
+        )
+    organisation = Organisation(bound.ods_code, bound.name) if bound else None
+    if organisation is None and d["ods_code"]:
+        organisation = Organisation(d["ods_code"], d["name"] or None)
+    return IdentityPolicy(order=order, default_grant=default, organisation=organisation)
 
 
 def _source(d: Mapping[str, Any], file: str) -> Source:
@@ -591,6 +670,7 @@ def _source(d: Mapping[str, Any], file: str) -> Source:
         scopes=d["scopes"],
         signing_alg=d["signing_alg"],
         timeout=d["timeout"],
+        token_url=d["token_url"],
     )
 
 
@@ -612,9 +692,7 @@ def _alerts(d: Mapping[str, Any], file: str) -> AlertSettings:
 
 
 def _access(d: Mapping[str, Any]) -> AccessSettings:
-    values = {
-        k: d[k] if k == "reason_codes" or isinstance(d[k], int) else frozenset(d[k]) for k in ACCESS_DEFAULTS
-    }
+    values = {k: d[k] if k == "reason_codes" or isinstance(d[k], int) else frozenset(d[k]) for k in ACCESS_DEFAULTS}
     training = tuple(TrainingAttestation(t["sds_user_id"], t["completed"]) for t in d["training"])
     return AccessSettings(**values, training=training)
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from flask import Flask
@@ -19,6 +20,8 @@ from .keys import load_keyset
 from .registration import ClientSettings
 from .tokens import TokenManager
 
+log = logging.getLogger(__name__)
+
 
 def init_app(
     app: Flask, settings: ClientSettings, store: KeyValueStore, keys_file: Path, generate_dev_keys: bool
@@ -26,6 +29,17 @@ def init_app(
     """Keys load (in development: are created) now, so a missing key fails at start, not mid-launch."""
     from .views import bp
 
+    for ehr in settings.ehrs:
+        grant = ehr.identity.default_grant
+        if grant is not None:  # a deliberate, visible choice: every user this EHR launches gets these codes
+            log.warning(
+                "identity source ehr_default is ON for %s (%s): users it launches without another role get "
+                "role %s, activities %s",
+                ehr.name,
+                ehr.issuer,
+                ",".join(grant.role_codes) or "-",
+                ",".join(grant.activity_codes),
+            )
     keyset = load_keyset(keys_file, generate=generate_dev_keys)
     discovery = Discovery()
     tokens = TokenManager(store, settings, keyset)

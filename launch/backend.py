@@ -2,8 +2,9 @@
 
 client_credentials with a signed JWT assertion (private_key_jwt), system scopes from the source's
 config, requested through Authlib's OAuth2Session (``launch.tokens.TokenEndpoint``). The token endpoint
-comes from the source's smart-configuration. Tokens are kept in the shared store per source, refreshed
-under a per-source lock so a burst of launches asks for one token, not many.
+comes from the source's ``token_url``, its smart-configuration or its CapabilityStatement (``Discovery``).
+Tokens are kept in the shared store per source, refreshed under a per-source lock so a burst of launches
+asks for one token, not many.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class BackendTokens:
     def _request(self, source: Source) -> tuple[str, int]:
         if source.auth != "backend_services" or not source.client_id:
             raise TokenError(f"source {source.id} is not configured for backend services")
-        endpoint = self.discovery.configuration(source.base_url).token_endpoint
+        endpoint = self.discovery.token_endpoint(source.base_url, source.token_url)
         auth = client_authentication(
             "private_key_jwt", source.client_id, endpoint, self.keyset, source.signing_alg, None
         )

@@ -1,6 +1,9 @@
 """SMART discovery (``{iss}/.well-known/smart-configuration``) and JWKS, cached with a time to live.
 
-Only ever called for an issuer that is already on the allow-list, so a hostile ``iss`` causes no request.
+Only ever called for an issuer or source that is already configured, so a hostile ``iss`` causes no request.
+An EHR launch needs an ``authorization_endpoint``; Backend Services needs only a token endpoint, found (in
+this order) from the source's explicit ``token_url``, its smart-configuration's ``token_endpoint``, or the
+SMART ``oauth-uris`` extension of its CapabilityStatement (``{base}/metadata``), as the SMART spec allows.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 @dataclass(frozen=True)
 class SmartConfiguration:
     fhir_base: str
-    authorization_endpoint: str
+    authorization_endpoint: str | None  # absent at Backend-Services-only servers
     token_endpoint: str
     issuer: str | None
     jwks_uri: str | None
@@ -56,7 +59,11 @@ def parse_smart_configuration(fhir_base: str, doc: object) -> SmartConfiguration
         raise DiscoveryFailed(f"server does not support PKCE S256 (offers {methods})")
     return SmartConfiguration(
         fhir_base=fhir_base,
-        authorization_endpoint=_check_url(doc.get("authorization_endpoint"), "authorization_endpoint"),
+        authorization_endpoint=(
+            _check_url(doc["authorization_endpoint"], "authorization_endpoint")
+            if doc.get("authorization_endpoint") is not None
+            else None
+        ),
         token_endpoint=_check_url(doc.get("token_endpoint"), "token_endpoint"),
         issuer=doc.get("issuer") if isinstance(doc.get("issuer"), str) else None,
         jwks_uri=_check_url(doc["jwks_uri"], "jwks_uri") if doc.get("jwks_uri") else None,
@@ -66,6 +73,24 @@ def parse_smart_configuration(fhir_base: str, doc: object) -> SmartConfiguration
     )
 
 
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def token_endpoint_from_capabilities(doc: object) -> str:
+    """The ``token`` URI of the SMART oauth-uris extension on a CapabilityStatement's REST security."""
+    if not isinstance(doc, dict) or doc.get("resourceType") != "CapabilityStatement":
+        raise DiscoveryFailed("/metadata is not a CapabilityStatement")
+    for rest in doc.get("rest") or []:
+        security = (rest or {}).get("security") or {} if isinstance(rest, dict) else {}
+        for ext in security.get("extension") or []:
+            if not isinstance(ext, dict) or ext.get("url") != OAUTH_URIS:
+                continue
+            for sub in ext.get("extension") or []:
+                if isinstance(sub, dict) and sub.get("url") == "token":
+                    return _check_url(sub.get("valueUri"), "the CapabilityStatement's token URI")
+    raise DiscoveryFailed("the CapabilityStatement has no SMART oauth-uris token extension")
+
+
 class Discovery:
     """Per-process cache of smart-configuration documents and JWKS, each with a TTL (pitfall A6)."""
 
@@ -73,6 +98,7 @@ class Discovery:
         self.ttl, self.jwks_ttl = ttl, jwks_ttl
         self._configs: TTLCache[str, SmartConfiguration] = TTLCache(CACHE_SIZE, ttl)
         self._jwks: TTLCache[str, tuple[float, KeySet]] = TTLCache(CACHE_SIZE, jwks_ttl)  # (fetched at, keys)
+        self._token_urls: TTLCache[str, str] = TTLCache(CACHE_SIZE, ttl)  # from CapabilityStatements
         self._lock = threading.Lock()  # TTLCache is not thread-safe
 
     def configuration(self, fhir_base: str) -> SmartConfiguration:
@@ -85,6 +111,25 @@ class Discovery:
         with self._lock:
             self._configs[fhir_base] = config
         return config
+
+    def token_endpoint(self, fhir_base: str, token_url: str | None = None) -> str:
+        """Where a Backend Services client asks for tokens (see the module docstring for the order)."""
+        if token_url:
+            return _check_url(token_url, "token_url")
+        try:
+            return self.configuration(fhir_base).token_endpoint
+        except DiscoveryFailed as first:
+            with self._lock:
+                cached = self._token_urls.get(fhir_base)
+            if cached:
+                return cached
+            try:
+                found = token_endpoint_from_capabilities(_get_json(f"{fhir_base.rstrip('/')}/metadata"))
+            except DiscoveryFailed as second:
+                raise DiscoveryFailed(f"no token endpoint: {first}; and from /metadata: {second}") from second
+            with self._lock:
+                self._token_urls[fhir_base] = found
+            return found
 
     def jwks(self, jwks_uri: str, refresh: bool = False) -> KeySet:
         """The issuer's keys; ``refresh`` refetches (rate-limited) when a token names an unknown kid."""
@@ -106,6 +151,7 @@ class Discovery:
         with self._lock:
             self._configs.clear()
             self._jwks.clear()
+            self._token_urls.clear()
 
 
 def _get_json(url: str) -> object:

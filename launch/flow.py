@@ -23,7 +23,7 @@ from .backend import BackendTokens
 from .context import ContextStore, LaunchContext, new_context_id
 from .discovery import Discovery
 from .ehr_client import EhrFhirClient
-from .errors import AccessDenied, BadState, InvalidIdToken, MissingScope, TokenError, UnknownIssuer
+from .errors import AccessDenied, BadState, DiscoveryFailed, InvalidIdToken, MissingScope, TokenError, UnknownIssuer
 from .id_token import validate_id_token
 from .identity import resolve_identity
 from .registration import ClientSettings, EhrRegistration
@@ -67,6 +67,8 @@ def binding_hash(binding: str) -> str:
 def begin(services: LaunchServices, ehr: EhrRegistration, launch: str | None, binding: str) -> str:
     """Store state/nonce/PKCE verifier server-side and return the authorize URL to redirect to."""
     smart = services.discovery.configuration(ehr.issuer)
+    if not smart.authorization_endpoint:
+        raise DiscoveryFailed(f"{ehr.issuer} advertises no authorization_endpoint, so it cannot launch the viewer")
     state, nonce, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(64)
     scope = launch_scopes(services.settings.record_types, standalone=launch is None)
     services.store.set(

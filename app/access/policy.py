@@ -48,6 +48,7 @@ class Step(StrEnum):
     GO_TO = "go-to"  # another section of the record (e.g. administrative roles land on the care team page)
     WAIT = "wait"  # not decided yet: organisations are still answering
 
+
 DEFAULTS = ACCESS_DEFAULTS  # one list of defaults: the configuration reference documents them
 REASON_LABELS = {
     "TREAT": "Direct care: I am treating this person",
@@ -184,14 +185,25 @@ def screen(
     if standalone and not trained:
         return Decision(REFUSE, None, None, UNTRAINED)
     if not caps.clinical:
-        why = (
-            "Privacy officers review audit records and alerts; clinical records are not shown to this role."
-            if caps.privacy_officer
-            else "Your role does not include access to shared care records. Ask your registration authority if "
-            "you need it for your work."
+        return Decision(
+            REFUSE,
+            None,
+            None,
+            _no_clinical_role(identity, caps),
+            next=Step.PRIVACY_CONSOLE if caps.privacy_officer else Step.REFUSE,
         )
-        return Decision(REFUSE, None, None, why, next=Step.PRIVACY_CONSOLE if caps.privacy_officer else Step.REFUSE)
     return None
+
+
+def _no_clinical_role(identity: UserIdentity | None, caps: Capabilities) -> str:
+    if caps.privacy_officer:
+        return "Privacy officers review audit records and alerts; clinical records are not shown to this role."
+    if identity is not None and identity.role_source is None and not identity.activity_codes:
+        return "No role that gives access to shared care records was found for you."
+    return (
+        "Your role does not include access to shared care records. Ask your registration authority if "
+        "you need it for your work."
+    )
 
 
 def decide(
@@ -225,13 +237,7 @@ def decide(
 def _decide(identity: UserIdentity | None, facts: PatientFacts, overrides: Overrides, rules: AccessRules) -> Decision:
     caps = capabilities(identity, rules)
     if not caps.clinical:
-        why = (
-            "Privacy officers review audit records and alerts; clinical records are not shown to this role."
-            if caps.privacy_officer
-            else "Your role does not include access to shared care records. Ask your registration authority if "
-            "you need it for your work."
-        )
-        return Decision(REFUSE, None, None, why)
+        return Decision(REFUSE, None, None, _no_clinical_role(identity, caps))
     if facts.is_user:
         return Decision(
             REFUSE,

@@ -150,6 +150,9 @@ def audit_event(
     return event
 
 
+ROLE_SOURCE_POLICY = "urn:scr:role-source:"  # + cis2_claims | practitioner_role | register | ehr_default
+
+
 def _user_agent(user: UserIdentity | None, purpose: str | None) -> dict:
     agent: dict = {
         "type": {"coding": [{"system": PARTICIPATION, "code": "IRCP", "display": "information recipient"}]},
@@ -163,6 +166,8 @@ def _user_agent(user: UserIdentity | None, purpose: str | None) -> dict:
     roles = [{"coding": [{"system": JOB_ROLE, "code": code}]} for code in (user.role_codes if user else ())]
     if roles:
         agent["role"] = roles
+    if user and user.role_source:  # which identity source gave the role (docs/configuration.md)
+        agent["policy"] = [f"{ROLE_SOURCE_POLICY}{user.role_source}"]
     org = user.organisation if user else None
     if org and org.ods:
         agent["location"] = {"display": f"{org.name or ''} ({org.ods})".strip()}

@@ -1,7 +1,12 @@
-"""The organisations a record is gathered from: the configured sources plus the launching EHR.
+"""The organisations a record is gathered from: the configured sources, with the launching EHR's own
+organisation read once.
 
-The launching EHR is read with the user's own token; every other organisation with SMART Backend
-Services. When the launching EHR is also a configured source it is read once, with the user's token.
+An ``[[ehr]]`` bound to a ``[[source]]`` (``source = ...``, or the source whose base is the EHR's issuer)
+is that organisation: its data is read once, under the source's name and ODS code — with the user's own
+token at the EHR (``read_with = "user_token"``, the default) or with Backend Services at the source's base
+(``read_with = "backend_services"``). An unbound EHR is read with the user's token as the organisation its
+``[[ehr]]`` entry names (name, ODS code, kind, deadline). Every other organisation is read with Backend
+Services. Never two copies of one organisation.
 """
 
 from __future__ import annotations
@@ -9,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.config import Config, Source
+from launch.registration import BACKEND_SERVICES
+
+USER = "user"  # read with the launch's own token at the launching EHR
 
 
 @dataclass(frozen=True)
@@ -24,13 +32,18 @@ class RecordSource:
 
 
 def record_sources(config: Config, launch_iss: str) -> list[RecordSource]:
-    sources: list[RecordSource] = []
     iss = launch_iss.rstrip("/")
+    ehr = config.ehr_for_issuer(iss)
+    bound = ehr.source if ehr else next((s.id for s in config.sources if s.base_url == iss), None)
+    read_with_user = ehr is None or ehr.read_with != BACKEND_SERVICES
+    sources: list[RecordSource] = []
     for s in config.sources:
-        auth = "user" if s.base_url.rstrip("/") == iss else s.auth
-        sources.append(RecordSource(s.id, s.name, s.ods_code, s.kind, s.base_url, s.timeout, auth, s))
-    if not any(s.auth == "user" for s in sources):
-        ehr = config.ehr_for_issuer(iss)
-        name = ehr.name if ehr else "Your clinical system"
-        sources.insert(0, RecordSource("launching-ehr", name, "", "gp", iss, 5.0, "user"))
+        if s.id == bound and read_with_user:  # the launching EHR's own organisation, read at the EHR as the user
+            sources.insert(0, RecordSource(s.id, s.name, s.ods_code, s.kind, iss, s.timeout, USER, s))
+        else:
+            sources.append(RecordSource(s.id, s.name, s.ods_code, s.kind, s.base_url, s.timeout, s.auth, s))
+    if bound is None and ehr is not None:
+        sources.insert(
+            0, RecordSource("launching-ehr", ehr.name, ehr.ods_code or "", ehr.kind or "", iss, ehr.timeout, USER)
+        )
     return sources

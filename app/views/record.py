@@ -13,10 +13,22 @@ import binascii
 import re
 
 import nh3
-from flask import Blueprint, Response, abort, g, jsonify, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from markupsafe import Markup
 
-from app.access.policy import Step
+from app.access.policy import UNTRAINED, Step
 from app.pipeline import Look
 from app.record import sections as views
 from app.record.catalogue import TABLE
@@ -27,6 +39,7 @@ from core.names import display_name
 from core.nhs_number import format_nhs_number, from_identifiers, is_valid
 from launch.context import LaunchContext
 from launch.errors import SessionExpired
+from launch.roles import IDENTITY_SOURCE_LABELS
 
 bp = Blueprint("record", __name__, url_prefix="/r/<ctx_id>")
 
@@ -150,6 +163,9 @@ def act_on(ctx: LaunchContext, look: Look, section: str):
         basis=look.verdict.basis,
         user=ctx.identity,
         section=section,
+        source_labels=IDENTITY_SOURCE_LABELS,
+        untrained=look.verdict.basis == UNTRAINED,
+        view_functions=current_app.view_functions,
     ), 403
 
 

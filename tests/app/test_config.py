@@ -40,6 +40,7 @@ keys_file = "keys/viewer.json"
 name = "Example GP system"
 issuer = "https://ehr.example.nhs.uk/fhir/"
 client_id = "scr"
+source = "gp"
 
 [[source]]
 id = "gp"
@@ -78,6 +79,72 @@ def test_a_real_deployment_file(tmp_path):
     assert config.viewer.keys_file == (tmp_path / "keys" / "viewer.json").resolve()
     assert config.viewer.secret_key == "s3cret"
     assert config.source("gp").timeout == 3.0
+
+
+EHR_LINES = 'issuer = "https://ehr.example.nhs.uk/fhir/"\nclient_id = "scr"\nsource = "gp"\n'
+
+
+def ehr_with(tmp_path, lines: str, **env):
+    """MINIMAL with the [[ehr]] entry's binding lines replaced by ``lines``."""
+    text = MINIMAL.replace(EHR_LINES, 'issuer = "https://ehr.example.nhs.uk/fhir/"\nclient_id = "scr"\n' + lines)
+    return load_config(write(tmp_path, text), env=env)
+
+
+def test_an_ehr_bound_to_its_source_is_that_organisation(tmp_path):
+    ehr = ehr_with(tmp_path, 'source = "gp"\n').ehrs[0]
+    assert (ehr.source, ehr.ods_code, ehr.kind, ehr.timeout, ehr.read_with) == ("gp", "A12345", "gp", 3.0, "user_token")
+    assert ehr.identity.organisation.ods == "A12345" and ehr.identity.organisation.name == "Example Practice"
+    assert ehr.identity.order == ("cis2_claims", "practitioner_role", "register")
+    assert ehr.identity.default_grant is None  # off unless configured
+
+
+def test_an_ehr_at_a_sources_base_or_with_its_ods_code_is_bound_without_saying_so(tmp_path):
+    same_ods = ehr_with(tmp_path, 'ods_code = "A12345"\nkind = "gp"\n').ehrs[0]
+    assert same_ods.source == "gp"
+    text = MINIMAL.replace('issuer = "https://ehr.example.nhs.uk/fhir/"', 'issuer = "https://gp.example.nhs.uk/fhir"')
+    text = text.replace('source = "gp"\n', "")
+    assert load_config(write(tmp_path, text), env={}).ehrs[0].source == "gp"
+
+
+def test_an_unbound_ehr_names_its_own_organisation(tmp_path):
+    ehr = ehr_with(tmp_path, 'ods_code = "NWX01"\nkind = "community"\ntimeout = 8\n').ehrs[0]
+    assert (ehr.source, ehr.ods_code, ehr.kind, ehr.timeout) == (None, "NWX01", "community", 8.0)
+    assert ehr.identity.organisation.ods == "NWX01"
+
+
+def test_ehr_default_is_explicit(tmp_path):
+    lines = 'source = "gp"\nidentity_sources = ["practitioner_role", "ehr_default"]\n'
+    ehr = ehr_with(tmp_path, lines + 'default_role_code = "R8000"\ndefault_activity_codes = ["B0370"]\n').ehrs[0]
+    assert ehr.identity.order == ("practitioner_role", "ehr_default")
+    grant = ehr.identity.default_grant
+    assert (grant.role_codes, grant.activity_codes, grant.source) == (("R8000",), ("B0370",), "ehr_default")
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ('source = "hospital"\n', r"source 'hospital' is not a \[\[source\]\] id \(known: gp\)"),
+        ("", r"belongs to no \[\[source\]\]: set `source` .* or give its own `ods_code` and `kind`"),
+        ('ods_code = "NWX01"\n', "or give its own `ods_code` and `kind`"),
+        ('ods_code = "NWX01"\nkind = "gp"\nread_with = "backend_services"\n', "read_with = 'backend_services' needs"),
+        ('source = "gp"\nread_with = "magic"\n', "read_with must be one of user_token, backend_services"),
+        ('source = "gp"\nidentity_sources = ["cis2", "register"]\n', r"identity_sources must list only .*'cis2'"),
+        ('source = "gp"\nidentity_sources = ["register", "register"]\n', "must not list a source twice"),
+        ('source = "gp"\nidentity_sources = []\n', "must list at least one identity source"),
+        ('source = "gp"\nidentity_sources = ["ehr_default"]\n', "lists 'ehr_default' but default_activity_codes"),
+        ('source = "gp"\ndefault_activity_codes = ["B0370"]\n', "identity_sources does not list 'ehr_default'"),
+    ],
+)
+def test_misconfigured_ehrs_fail_at_start(tmp_path, lines, message):
+    with pytest.raises(ConfigError, match=message):
+        ehr_with(tmp_path, lines)
+
+
+def test_a_source_may_name_its_token_endpoint(tmp_path):
+    text = MINIMAL.replace("timeout = 3\n", 'timeout = 3\ntoken_url = "https://gp.example.nhs.uk/oauth/token"\n')
+    assert load_config(write(tmp_path, text), env={}).source("gp").token_url == "https://gp.example.nhs.uk/oauth/token"
+    with pytest.raises(ConfigError, match="token_url must be an absolute"):
+        load_config(write(tmp_path, text.replace("https://gp.example.nhs.uk/oauth/token", "token")), env={})
 
 
 def test_issuer_allow_list_is_exact(tmp_path):

@@ -30,6 +30,7 @@ from launch.client_auth import (
     client_assertion,
     client_authentication,
 )
+from launch.discovery import Discovery
 from launch.errors import RelaunchRequired, TokenError
 from launch.keys import generate_keyset, public_jwks, signing_key
 from launch.registration import ClientSettings, EhrRegistration, Source
@@ -381,15 +382,7 @@ def test_refused_refresh_asks_for_a_relaunch_without_the_refresh_token(keyset, s
     assert REFRESH_TOKEN not in f"{caught.value.detail} {caught.value}"
 
 
-class StubDiscovery:
-    def __init__(self, token_endpoint: str) -> None:
-        self.token_endpoint = token_endpoint
-
-    def configuration(self, base_url: str):
-        return self
-
-
-def backend_source(alg: str = "RS384") -> Source:
+def backend_source(alg: str = "RS384", token_url: str | None = None) -> Source:
     return Source(
         id="acute",
         name="Hospital",
@@ -400,14 +393,15 @@ def backend_source(alg: str = "RS384") -> Source:
         client_id="scr-viewer-backend",
         scopes="system/*.rs",
         signing_alg=alg,
+        token_url=token_url,  # explicit: Discovery makes no request for it
     )
 
 
 @pytest.mark.parametrize("alg", ["RS384", "ES384"])
 def test_backend_services_token(keyset, server, alg):
     server.answer = ok("at-backend", expires_in=600)
-    backend = BackendTokens(MemoryStore(), StubDiscovery(server.token_url), keyset)
-    assert backend.token_for(backend_source(alg)) == "at-backend"
+    backend = BackendTokens(MemoryStore(), Discovery(), keyset)
+    assert backend.token_for(backend_source(alg, server.token_url)) == "at-backend"
     form = server.seen[-1].form
     assert form["grant_type"] == "client_credentials" and form["scope"] == "system/*.rs"
     verified = jwt.decode(form["client_assertion"], signing_key(keyset, alg), algorithms=[alg])
@@ -417,6 +411,6 @@ def test_backend_services_token(keyset, server, alg):
 
 def test_backend_services_refuses_a_token_that_is_not_bearer(keyset, server):
     server.answer = (200, {"access_token": "at", "token_type": "mac", "expires_in": 600})
-    backend = BackendTokens(MemoryStore(), StubDiscovery(server.token_url), keyset)
+    backend = BackendTokens(MemoryStore(), Discovery(), keyset)
     with pytest.raises(TokenError, match="acute: token_type 'mac' is not Bearer"):
-        backend.token_for(backend_source())
+        backend.token_for(backend_source(token_url=server.token_url))
