@@ -1,4 +1,6 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both set up everything they need.
+# Development only: SCR_CONFIG defaults to the sandbox's configuration here; the viewer itself (python -m app,
+# gunicorn 'app:create_app()') has no default and refuses to start without one.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 SEKMET := .venv-sekmet/.installed-stamp
 export SCR_CONFIG ?= sandbox/config.toml
 
-.PHONY: run test test-fast lint install clean migrate
+.PHONY: run wheel test test-fast lint install clean migrate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +26,11 @@ install: $(STAMP) $(SEKMET)
 ## Start the sandbox (simulated EHR, SMART authorisation server, FHIR servers) and the viewer on 127.0.0.1.
 run: $(STAMP)
 	$(BIN)/python -m sandbox.serve
+
+## The product wheel (app, core, launch with their templates, static files and migrations; no sandbox) in dist/.
+wheel: $(STAMP)
+	$(BIN)/python -m pip wheel . --quiet --disable-pip-version-check --no-deps --no-build-isolation -w dist
+	rm -rf build
 
 ## Lint and run the whole test suite (unit, loopback HTTP integration, browser journeys).
 test: $(STAMP) $(SEKMET)
@@ -44,4 +51,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .venv-sekmet var .pytest_cache test-artifacts
+	rm -rf $(VENV) .venv-sekmet var .pytest_cache test-artifacts build dist

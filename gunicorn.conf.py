@@ -9,6 +9,7 @@ import gc
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 
 bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
@@ -33,6 +34,16 @@ if _OWN_METRICS_DIR:
 
 
 def on_starting(server):
+    # Refuse before any worker starts, with the configuration's own message (no SCR_CONFIG, unknown key…),
+    # instead of every worker failing to boot. Only reads the file: nothing is opened before the fork.
+    from app.config import ConfigError, load_config
+
+    try:
+        load_config()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        on_exit(server)
+        sys.exit(2)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)

@@ -176,8 +176,14 @@ ACCESS_DEFAULTS: dict[str, Any] = {
         "PREGNANT",
     ),
     "sensitive_codes": (),
+    "register_manager_roles": ("R5080",),  # Registration Authority Manager (privacy officers manage it too)
+    "register_default_days": 365,
 }
-_ACCESS_CHECKS = {"break_glass_minutes": at_least(1), "break_glass_min_justification": at_least(0)}
+_ACCESS_CHECKS = {
+    "break_glass_minutes": at_least(1),
+    "break_glass_min_justification": at_least(0),
+    "register_default_days": at_least(1),
+}
 
 VIEWER = Table(
     "viewer",
@@ -448,6 +454,8 @@ class AccessSettings:
     break_glass_min_justification: int
     sensitive_labels: frozenset[str]
     sensitive_codes: frozenset[str]
+    register_manager_roles: frozenset[str]  # besides privacy officers, who manage the access register
+    register_default_days: int  # how long a new register entry lasts unless the manager says otherwise
     training: tuple[TrainingAttestation, ...] = ()
 
     @classmethod

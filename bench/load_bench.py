@@ -48,9 +48,10 @@ from sqlalchemy import create_engine, text
 
 from app.audit.events import audit_event
 from app.audit.store import AuditStore
-from app.config import DEFAULT_CONFIG, load_config
+from app.config import load_config
 from bench.record_bench import SYNTHEA_DIR, free_port, machine, pick_patients, summarise
 from sandbox.dataset import load_dataset
+from sandbox.serve import SANDBOX_CONFIG
 from sandbox.settings import sandbox_settings
 from tests.conftest import LoopbackCookieJar
 
@@ -199,7 +200,7 @@ class Deployment:
         metrics_dir.mkdir()
         self.env = {
             **os.environ,
-            "SCR_CONFIG": str(DEFAULT_CONFIG),
+            "SCR_CONFIG": str(SANDBOX_CONFIG),
             "SANDBOX_URL": self.sandbox_url,
             "VIEWER_URL": self.viewer_url,
             "SCR_KEYS_FILE": str(tmp / "keys.json"),
@@ -213,7 +214,7 @@ class Deployment:
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),  # inside tmp, so it is cleaned up with it
             "PYTHONPATH": str(ROOT),
         }
-        self.config = load_config(DEFAULT_CONFIG, env=self.env)
+        self.config = load_config(SANDBOX_CONFIG, env=self.env)
         self.sandbox: subprocess.Popen | None = None
         self.viewer: subprocess.Popen | None = None
 

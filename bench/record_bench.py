@@ -48,7 +48,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from app import create_app
-from app.config import DEFAULT_CONFIG, load_config
+from app.config import load_config
 from app.record.catalogue import CATALOGUE
 from app.record.fetch import PAGE_SIZE, FetchJob
 from app.record.sources import record_sources
@@ -56,7 +56,7 @@ from app.services import services
 from core.http import http_pool
 from sandbox.dataset import load_dataset
 from sandbox.fhir_server import MAX_COUNT
-from sandbox.serve import NoDelayHandler
+from sandbox.serve import SANDBOX_CONFIG, NoDelayHandler
 from sandbox.settings import sandbox_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,14 +203,14 @@ class Harness:
         self.rss = {"start": proc_status()}
         self.viewer_srv = _bind()
         self.env = {
-            "SCR_CONFIG": str(DEFAULT_CONFIG),
+            "SCR_CONFIG": str(SANDBOX_CONFIG),
             "SANDBOX_URL": f"http://127.0.0.1:{free_port()}",
             "VIEWER_URL": f"http://127.0.0.1:{self.viewer_srv.server_port}",
             "SCR_KEYS_FILE": str(tmp / "viewer.jwks.json"),  # written by the viewer, read by the sandbox
             "SCR_AUDIT_SQLITE": str(tmp / "audit.sqlite3"),
             "SCR_SYNTHEA_DIR": str(SYNTHEA_DIR),
         }
-        self.config = load_config(DEFAULT_CONFIG, env=self.env)
+        self.config = load_config(SANDBOX_CONFIG, env=self.env)
         self.viewer_app = create_app(self.config)
         self.rss["viewer_created"] = proc_status()
         self.sandbox_log = tmp / "sandbox.log"
@@ -581,7 +581,7 @@ def bench_render(h: Harness, http: requests.Session, ctx_id: str, repeats: int, 
 def worker_main(port: int) -> int:
     """``--viewer-worker PORT``: serve only the viewer, until stdin closes."""
     _quiet_logs()
-    config = load_config(DEFAULT_CONFIG, env=dict(os.environ))
+    config = load_config(SANDBOX_CONFIG, env=dict(os.environ))
     app = create_app(config)
     server = _bind(port)
     server.app = app

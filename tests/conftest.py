@@ -14,13 +14,21 @@ import requests
 from flask import Flask
 from werkzeug.serving import make_server
 
+import app.config
 from app import create_app
-from app.config import DEFAULT_CONFIG, Config, load_config
+from app.config import Config, load_config
 from sandbox import create_sandbox_app
-from sandbox.serve import NoDelayHandler
+from sandbox.serve import SANDBOX_CONFIG, NoDelayHandler
 from sandbox.state import SandboxState
 
 ROOT = Path(__file__).resolve().parent.parent
+# The viewer has no default configuration file (production refuses to start without SCR_CONFIG); `pytest` run
+# directly uses the sandbox's, as `make run` and `make test` do.
+if not os.environ.get("SCR_CONFIG"):
+    os.environ["SCR_CONFIG"] = str(SANDBOX_CONFIG)
+# Transitional: test modules and bench/ still import app.config.DEFAULT_CONFIG, which the viewer no longer has
+# (it pointed into the sandbox). Remove once they import sandbox.serve.SANDBOX_CONFIG.
+app.config.DEFAULT_CONFIG = SANDBOX_CONFIG
 SYNTHEA_DIR = Path(os.environ.get("SCR_SYNTHEA_DIR") or ROOT.parent / "shared" / "data" / "synthea")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -61,7 +69,7 @@ def running(tmp_path_factory) -> Running:
     """Both apps served by real threaded HTTP servers; URLs in config point at the bound ports."""
     sandbox_srv, viewer_srv = _bind(), _bind()
     env = test_env(tmp_path_factory.mktemp("keys"), sandbox_srv.server_port, viewer_srv.server_port)
-    config = load_config(DEFAULT_CONFIG, env=env)
+    config = load_config(SANDBOX_CONFIG, env=env)
     viewer_app = create_app(config)
     sandbox_app = create_sandbox_app(config)
     sandbox_srv.app, viewer_srv.app = sandbox_app, viewer_app
@@ -134,7 +142,7 @@ INTEGRATION_FIXTURES = frozenset(
 # ``fresh_url`` run on "sqlite" in the fast lane and on "postgresql" in the full suite.
 INTEGRATION_PARAMS = frozenset({"postgresql", "redis"})
 # Folders and modules that need servers or processes without saying so through a fixture.
-INTEGRATION_PATHS = ("tests/e2e/", "tests/interop/", "tests/sandbox/test_serve.py")
+INTEGRATION_PATHS = ("tests/e2e/", "tests/interop/", "tests/sandbox/test_serve.py", "tests/test_packaging.py")
 
 
 def is_integration(item: pytest.Item) -> bool:

@@ -10,7 +10,6 @@ from app.access.policy import DEFAULTS, AccessRules
 from app.config import (
     ACCEPTED_KEYS,
     ACCESS_DEFAULTS,
-    DEFAULT_CONFIG,
     SCHEMA,
     AlertSettings,
     AuditSettings,
@@ -21,6 +20,7 @@ from app.config import (
     expand,
     load_config,
 )
+from sandbox.serve import SANDBOX_CONFIG
 from sandbox.settings import ACCEPTED_KEYS as SANDBOX_KEYS
 from sandbox.settings import SANDBOX, sandbox_settings
 
@@ -54,7 +54,7 @@ timeout = 3
 
 
 def test_the_sandbox_config_loads_with_defaults():
-    config = load_config(DEFAULT_CONFIG, env={})
+    config = load_config(SANDBOX_CONFIG, env={})
     assert config.viewer.base_url == "http://127.0.0.1:8000"
     assert {e.issuer for e in config.ehrs} == {
         f"http://127.0.0.1:8001/fhir/{o}" for o in ("gp", "hospital", "community", "council")
@@ -65,7 +65,7 @@ def test_the_sandbox_config_loads_with_defaults():
 
 def test_environment_overrides_urls():
     config = load_config(
-        DEFAULT_CONFIG, env={"SANDBOX_URL": "http://127.0.0.1:9999", "VIEWER_URL": "http://127.0.0.1:9998"}
+        SANDBOX_CONFIG, env={"SANDBOX_URL": "http://127.0.0.1:9999", "VIEWER_URL": "http://127.0.0.1:9998"}
     )
     assert config.ehrs[0].issuer == "http://127.0.0.1:9999/fhir/gp"
     assert config.viewer.base_url == "http://127.0.0.1:9998"
@@ -469,7 +469,7 @@ def test_messages_use_the_path_relative_to_the_working_directory(tmp_path, monke
 
 
 def test_the_shipped_sandbox_config_loads_cleanly_everywhere():
-    config = load_config(DEFAULT_CONFIG, env={})
+    config = load_config(SANDBOX_CONFIG, env={})
     assert config.alerts.webhook_urls == ("http://127.0.0.1:8001/ehr/inbox/messages",)
     assert config.audit.url.endswith("/var/audit.sqlite3") and config.audit.database_url is None
     assert config.access.training == (TrainingAttestation("555000000004", "2026-03-01"),)

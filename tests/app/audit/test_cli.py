@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from app import create_app
 from app.audit.events import audit_event
-from app.config import DEFAULT_CONFIG, load_config
+from app.config import load_config
 from app.services import services
 from launch.identity import UserIdentity
+from sandbox.serve import SANDBOX_CONFIG
 
 
 def test_verify_reports_the_first_broken_link(tmp_path):
@@ -15,7 +16,7 @@ def test_verify_reports_the_first_broken_link(tmp_path):
         "SCR_AUDIT_SQLITE": str(tmp_path / "audit.sqlite3"),
         "SCR_SYNTHEA_DIR": str(tmp_path / "none"),
     }
-    app = create_app(load_config(DEFAULT_CONFIG, env=env))
+    app = create_app(load_config(SANDBOX_CONFIG, env=env))
     store = services(app).audit_store
     for i in range(4):
         store.append(
@@ -51,7 +52,7 @@ def test_outbox_counts_and_retries_dead_rows(tmp_path):
         "SCR_AUDIT_SQLITE": str(tmp_path / "audit.sqlite3"),
         "SCR_SYNTHEA_DIR": str(tmp_path / "none"),
     }
-    app = create_app(load_config(DEFAULT_CONFIG, env=env))
+    app = create_app(load_config(SANDBOX_CONFIG, env=env))
     store = services(app).audit_store
     down = AlertOutbox(store, [f"http://127.0.0.1:{free_port()}/inbox"], max_attempts=1, background=False)
     AlertBox(store, down).raise_alert(
