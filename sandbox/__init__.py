@@ -10,7 +10,6 @@ from flask import Flask, render_template
 from jinja2 import ChoiceLoader, FileSystemLoader
 
 import app as viewer_package
-
 from app.config import Config, origin_of
 
 from .auth_server import build_authorization_server
@@ -28,7 +27,9 @@ def create_sandbox_app(config: Config, dataset: Dataset | None = None) -> Flask:
     settings = sandbox_settings(config)
     app = Flask(__name__, static_folder=str(VIEWER_FILES / "static"))
     # The sandbox pages extend the viewer's base.html: its own folder first, then the viewer's.
-    app.jinja_loader = ChoiceLoader([FileSystemLoader(HERE / "templates"), FileSystemLoader(VIEWER_FILES / "templates")])
+    app.jinja_loader = ChoiceLoader(
+        [FileSystemLoader(HERE / "templates"), FileSystemLoader(VIEWER_FILES / "templates")]
+    )
     app.secret_key = secrets.token_bytes(32)
     app.config.update(
         SESSION_COOKIE_NAME="sandbox_ehr_session",  # cookies ignore ports: keep apart from the viewer's

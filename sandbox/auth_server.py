@@ -3,6 +3,11 @@
 Authorization code with PKCE (S256 only), refresh tokens (rotated), and client credentials with a signed
 JWT assertion (SMART Backend Services). Access tokens are RS256 JWTs so each organisation's FHIR server
 can check them locally; id_tokens are signed RS256, RS384 or ES384 as the client registration asks.
+
+For an organisation in generic SMART mode (``smart_mode = "generic"``) the same server behaves as common
+deployed SMART servers do for launches at that organisation: standard id_token claims only (relative
+``fhirUser``), RS256 without ``kid`` and a one-key JWKS, PKCE optional, reusable codes, a refresh id_token
+without ``aud``, and an issuer built from the request's Host header.
 """
 
 from __future__ import annotations
@@ -38,6 +43,32 @@ CLIENT_ASSERTION_ALGS = ["RS384", "ES384", "RS256", "ES256"]
 MAX_ASSERTION_LIFETIME = 300  # SMART: exp no more than five minutes in the future
 CODE_LIFETIME = 60
 NARROW_SCOPE = "launch patient/Observation.rs"
+GENERIC_ID_TOKEN_ALG = "RS256"  # noqa: S105 (an algorithm name): generic mode signs with one key, whatever the client
+
+
+def host_base() -> str:
+    """``http://<Host header>``: what generic-mode servers build their URLs from, instead of configuration."""
+    return f"http://{flask_request.host}"
+
+
+def issuer_for(state: SandboxState, org_id: str | None) -> str:
+    """The issuer for launches at ``org_id``: configured in NHS mode, from the Host header in generic mode."""
+    return f"{host_base()}/auth" if state.is_generic(org_id) else state.settings.issuer
+
+
+def org_for_aud(state: SandboxState, aud: str | None) -> str | None:
+    """The organisation whose FHIR base ``aud`` names; generic organisations answer to their Host-derived base."""
+    aud = (aud or "").rstrip("/")
+    for org in state.settings.organisations:
+        if aud == state.settings.fhir_base(org.id):
+            return org.id
+        if state.is_generic(org.id) and aud == f"{host_base()}/fhir/{org.id}":
+            return org.id
+    return None
+
+
+def grantee_org(user: Any) -> str | None:
+    return user.context.get("org_id") if isinstance(user, Grantee) else None
 
 
 @dataclass
@@ -160,14 +191,18 @@ class PrivateKeyJwtAuth(JWTBearerClientAssertion):
 
     CLIENT_AUTH_METHOD = "private_key_jwt"
 
-    def __init__(self, token_url: str) -> None:
+    def __init__(self, token_url: str, state: SandboxState | None = None) -> None:
         super().__init__(leeway=30)
         self._token_url = token_url
+        self._state = state
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def get_audiences(self) -> list[str]:
-        return [self._token_url]
+        audiences = [self._token_url]
+        if self._state is not None and self._state.any_generic():
+            audiences.append(f"{host_base()}/auth/token")  # the token_endpoint a generic discovery advertised
+        return audiences
 
     def __call__(self, query_client, request):
         try:
@@ -203,17 +238,37 @@ class PrivateKeyJwtAuth(JWTBearerClientAssertion):
 
 
 class S256Only(CodeChallenge):
-    """PKCE required, and only S256: ``plain`` leaks the verifier to anyone who sees the request."""
+    """PKCE required, and only S256: ``plain`` leaks the verifier to anyone who sees the request.
+
+    For a generic-mode organisation PKCE is optional (as on many deployed servers): a request without
+    ``code_challenge`` is accepted; one with a challenge is still held to S256 and verified.
+    """
 
     SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
 
+    def __init__(self, required: bool = True, state: SandboxState | None = None) -> None:
+        super().__init__(required=required)
+        self.state = state
+
+    def _optional_for(self, org_id: str | None) -> bool:
+        return self.state is not None and self.state.is_generic(org_id)
+
     def validate_code_challenge(self, grant, redirect_uri):
         data = grant.request.payload.data
+        no_pkce = not data.get("code_challenge") and not data.get("code_challenge_method")
+        if no_pkce and self.state is not None and self._optional_for(org_for_aud(self.state, data.get("aud"))):
+            return None
         if not data.get("code_challenge"):
             raise InvalidRequestError("PKCE is required: send code_challenge.", redirect_uri=redirect_uri)
         if data.get("code_challenge_method") != "S256":  # absent means plain (RFC 7636 4.3)
             raise InvalidRequestError("code_challenge_method must be S256.", redirect_uri=redirect_uri)
         return super().validate_code_challenge(grant, redirect_uri)
+
+    def validate_code_verifier(self, grant, result):
+        code = grant.request.authorization_code
+        if code is not None and not code.code_challenge and self._optional_for(grantee_org(code.user)):
+            return None  # generic mode: no challenge was sent, so there is nothing to verify (a verifier is ignored)
+        return super().validate_code_verifier(grant, result)
 
 
 def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
@@ -268,7 +323,7 @@ def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
 
     server = AuthorizationServer(app, query_client=query_client, save_token=save_token)
     server.register_token_generator("default", generate_token)
-    server.register_client_auth_method("private_key_jwt", PrivateKeyJwtAuth(token_url))
+    server.register_client_auth_method("private_key_jwt", PrivateKeyJwtAuth(token_url, state))
 
     class AuthorizationCode(grants.AuthorizationCodeGrant):
         TOKEN_ENDPOINT_AUTH_METHODS = auth_methods
@@ -299,6 +354,8 @@ def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
             return None
 
         def delete_authorization_code(self, authorization_code: AuthCode) -> None:
+            if state.is_generic(grantee_org(authorization_code.user)):
+                return  # generic mode: the code can be exchanged again until it expires
             with lock:
                 codes.pop(authorization_code.code, None)  # single use
 
@@ -329,6 +386,10 @@ def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
         def create_token_response(self):
             status, token, headers = super().create_token_response()
             token.update(context_parameters(self.request.user))
+            user = self.request.user
+            if state.is_generic(grantee_org(user)) and "openid" in (token.get("scope") or "").split():
+                # As some deployed servers do: a fresh id_token on refresh, without aud (and without nonce).
+                token["id_token"] = generic_id_token(state, self.request.client, user, None, token, with_aud=False)
             return status, token, headers
 
     class ClientCredentials(grants.ClientCredentialsGrant):
@@ -361,6 +422,9 @@ def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
             return user_claims(state, user.staff)
 
         def encode_id_token(self, token, request):
+            if state.is_generic(grantee_org(request.user)):
+                code = request.authorization_code
+                return generic_id_token(state, request.client, request.user, code.nonce if code else None, token)
             id_token = super().encode_id_token(token, request)
             decoded = jwt.decode(id_token, state.keys.keyset, algorithms=[request.client.reg.id_token_alg])
             header, claims = dict(decoded.header), dict(decoded.claims)
@@ -379,7 +443,9 @@ def build_authorization_server(app, state: SandboxState) -> AuthorizationServer:
             )
             return id_token
 
-    server.register_grant(AuthorizationCode, [S256Only(required=True), SmartOpenIDCode(require_nonce=False)])
+    server.register_grant(
+        AuthorizationCode, [S256Only(required=True, state=state), SmartOpenIDCode(require_nonce=False)]
+    )
     server.register_grant(RefreshToken)
     server.register_grant(ClientCredentials)
     server.sandbox_clients = clients  # type: ignore[attr-defined]
@@ -428,7 +494,39 @@ def user_claims(state: SandboxState, staff: StaffUser) -> dict:
     }
 
 
-def tamper_id_token(state: SandboxState, id_token: str, header: dict, claims: dict) -> tuple[str, dict, dict]:
+def generic_id_token(
+    state: SandboxState, client: SandboxClient, user: Grantee, nonce: str | None, token: dict, with_aud: bool = True
+) -> str:
+    """A generic-mode id_token: ``iss sub aud exp iat nonce fhirUser profile`` only, RS256, no ``kid``.
+
+    ``fhirUser`` (and the older ``profile``) is the relative ``Practitioner/<id>``, never a PractitionerRole;
+    there is no name and no CIS2 claim, so an app must read the user from fhirUser. Recorded like any id_token.
+    """
+    now = int(time.time())
+    claims: dict[str, Any] = {"iss": issuer_for(state, grantee_org(user)), "sub": user.staff.id}
+    if with_aud:
+        claims["aud"] = client.get_client_id()
+    claims.update(exp=now + state.settings.id_token_lifetime, iat=now)
+    if nonce:
+        claims["nonce"] = nonce
+    reference = f"Practitioner/{user.staff.practitioner_id}"
+    claims.update(fhirUser=reference, profile=reference)
+    header = {"alg": GENERIC_ID_TOKEN_ALG, "typ": "JWT"}
+    key = state.keys.for_alg(GENERIC_ID_TOKEN_ALG)
+    id_token = jwt.encode(header, claims, key, algorithms=[GENERIC_ID_TOKEN_ALG])
+    id_token, header, claims = tamper_id_token(state, id_token, header, claims, with_kid=False)
+    state.record_token(
+        IssuedToken(
+            "id_token", claims["iat"], claims["exp"], client.get_client_id(), token.get("scope", ""), claims, header
+        ),
+        user.context.get("launch_id"),
+    )
+    return id_token
+
+
+def tamper_id_token(
+    state: SandboxState, id_token: str, header: dict, claims: dict, with_kid: bool = True
+) -> tuple[str, dict, dict]:
     """Apply the id_token switches, so apps can prove they refuse each kind of bad id_token."""
     on = state.switches
     if not any(name.startswith("id_token_") for name in on):
@@ -445,7 +543,7 @@ def tamper_id_token(state: SandboxState, id_token: str, header: dict, claims: di
         claims["iat"], claims["exp"] = now - 7200, now - 3600
     alg = header["alg"]
     key = state.keys.for_alg(alg)
-    header = {"alg": alg, "kid": key.kid, "typ": "JWT"}
+    header = {"alg": alg, "kid": key.kid, "typ": "JWT"} if with_kid else {"alg": alg, "typ": "JWT"}
     if "id_token_alg_none" in on:
         header = {"alg": "none", "typ": "JWT"}
         parts = [_b64(json.dumps(header).encode()), _b64(json.dumps(claims).encode())]
@@ -460,7 +558,7 @@ def tamper_id_token(state: SandboxState, id_token: str, header: dict, claims: di
             if alg.startswith("RS")
             else ECKey.generate_key("P-384", parameters={"alg": alg}, private=True, auto_kid=True)
         )
-        header = {"alg": alg, "kid": key.kid, "typ": "JWT"}
+        header = {"alg": alg, "kid": key.kid, "typ": "JWT"} if with_kid else {"alg": alg, "typ": "JWT"}
     if "id_token_no_kid" in on:
         header = {"alg": alg, "typ": "JWT"}
     return jwt.encode(header, claims, key, algorithms=[alg]), header, claims

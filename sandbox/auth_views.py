@@ -8,7 +8,7 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, abort, current_app, jsonify, render_template, request, session
 
-from .auth_server import Grantee
+from .auth_server import GENERIC_ID_TOKEN_ALG, Grantee, host_base, org_for_aud
 from .state import SandboxState
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -57,10 +57,44 @@ def _server():
     return current_app.extensions["sandbox_auth"]
 
 
-def smart_configuration(state: SandboxState) -> dict:
-    base = state.settings.base_url
-    return {
-        "issuer": state.settings.issuer,
+BACKEND_SCOPES = ["system/*.rs", "system/*.read"]
+BACKEND_CAPABILITIES = ["client-confidential-asymmetric", "permission-v1", "permission-v2"]
+
+
+def smart_configuration(state: SandboxState, org_id: str | None = None) -> dict:
+    """The organisation's ``.well-known/smart-configuration``, as its SMART profile says.
+
+    NHS mode: URLs from the configured base_url. Generic mode: issuer and every URL from the request's Host
+    header (http), the one-key JWKS, and ``client_secret_post`` advertised (though refused when used).
+    ``discovery = "token_endpoint_only"`` gives a Backend-Services-only document (no authorization_endpoint).
+    """
+    profile = state.smart_profile(org_id)
+    doc = _document(state, profile.generic)
+    if profile.discovery == "token_endpoint_only":
+        keep = ("issuer", "jwks_uri", "token_endpoint", "token_endpoint_auth_signing_alg_values_supported")
+        methods = ["private_key_jwt", "client_secret_post"] if profile.generic else ["private_key_jwt"]
+        doc = {k: doc[k] for k in keep} | {
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": methods,
+            "scopes_supported": BACKEND_SCOPES,
+            "capabilities": BACKEND_CAPABILITIES,
+        }
+    return doc
+
+
+def oauth_uris(state: SandboxState, org_id: str) -> list[dict]:
+    """The CapabilityStatement's SMART ``oauth-uris`` extension: token, and authorize unless Backend-only."""
+    doc = _document(state, state.is_generic(org_id))
+    uris = [{"url": "token", "valueUri": doc["token_endpoint"]}]
+    if state.smart_profile(org_id).discovery != "token_endpoint_only":
+        uris.insert(0, {"url": "authorize", "valueUri": doc["authorization_endpoint"]})
+    return uris
+
+
+def _document(state: SandboxState, generic: bool) -> dict:
+    base = host_base() if generic else state.settings.base_url
+    doc = {
+        "issuer": f"{base}/auth" if generic else state.settings.issuer,
         "jwks_uri": f"{base}/auth/jwks",
         "authorization_endpoint": f"{base}/auth/authorize",
         "token_endpoint": f"{base}/auth/token",
@@ -73,11 +107,23 @@ def smart_configuration(state: SandboxState) -> dict:
         "code_challenge_methods_supported": ["S256"],
         "capabilities": CAPABILITIES,
     }
+    if generic:
+        doc["jwks_uri"] = f"{base}/auth/generic/jwks"
+        doc["token_endpoint_auth_methods_supported"] = [
+            "private_key_jwt",
+            "client_secret_basic",
+            "client_secret_post",  # advertised, but refused when used (as some servers do)
+            "none",
+        ]
+        doc["id_token_signing_alg_values_supported"] = [GENERIC_ID_TOKEN_ALG]
+    return doc
 
 
 @bp.get("/.well-known/openid-configuration")
 def openid_configuration():
-    doc = smart_configuration(_state())
+    """The issuer's OpenID configuration: the generic one (Host-derived) once any organisation is generic."""
+    state = _state()
+    doc = _document(state, state.any_generic())
     doc["subject_types_supported"] = ["public"]
     return jsonify(doc)
 
@@ -85,6 +131,13 @@ def openid_configuration():
 @bp.get("/jwks")
 def jwks():
     return jsonify(_state().keys.public_jwks())
+
+
+@bp.get("/generic/jwks")
+def generic_jwks():
+    """The JWKS generic-mode discovery points at: exactly one key, the one that signs its id_tokens."""
+    key = _state().keys.for_alg(GENERIC_ID_TOKEN_ALG)
+    return jsonify({"keys": [key.as_dict(private=False)]})
 
 
 @bp.post("/token")
@@ -104,26 +157,34 @@ def authorize():
         return render_template("sandbox/auth_error.html", error=err.error, description=err.description), 400
 
     aud = request.values.get("aud", "").rstrip("/")
-    bases = {state.settings.fhir_base(o.id): o.id for o in state.settings.organisations}
-    if aud not in bases:
+    org_id = org_for_aud(state, aud)
+    if org_id is None:
         return _redirect_error(grant, "invalid_request", "aud must be the FHIR base URL of a sandbox server")
 
     launch_id = request.values.get("launch")
     if launch_id:
-        return _ehr_launch(grant, launch_id, aud)
-    return _standalone(grant, aud, bases[aud])
+        return _ehr_launch(grant, launch_id, aud, org_id)
+    return _standalone(grant, aud, org_id)
 
 
-def _ehr_launch(grant, launch_id: str, aud: str):
+def _token_audiences(state: SandboxState, aud: str, org_id: str) -> list[str]:
+    """Access tokens name the configured FHIR base (what the FHIR server checks), and the Host-derived one a
+    generic-mode client may have used."""
+    configured = state.settings.fhir_base(org_id)
+    return [configured] if aud == configured else [configured, aud]
+
+
+def _ehr_launch(grant, launch_id: str, aud: str, org_id: str):
     state, server = _state(), _server()
     launch = state.launch(launch_id)
-    if launch is None or launch.iss != aud:
+    if launch is None or launch.org_id != org_id or (launch.iss != aud and not state.is_generic(org_id)):
         return _redirect_error(grant, "invalid_request", "unknown launch, or launch not issued for this aud")
     if "deny_consent" in state.switches:
         return server.create_authorization_response(grant=grant, grant_user=None)
     staff = state.dataset.staff[launch.user_id]
     context = {
-        "aud": [aud],
+        "org_id": org_id,
+        "aud": _token_audiences(state, aud, org_id),
         "patient": launch.patient_id,
         "encounter": launch.encounter_id,
         "need_patient_banner": launch.need_patient_banner,
@@ -160,7 +221,7 @@ def _standalone(grant, aud: str, org_id: str):
     if staff is None:
         abort(400, "Choose a sandbox user to sign in as.")
     session["ehr_user"] = staff.id
-    context: dict = {"aud": [aud], "need_patient_banner": True}
+    context: dict = {"org_id": org_id, "aud": _token_audiences(state, aud, org_id), "need_patient_banner": True}
     if wants_patient:
         chosen = state.dataset.patient(request.form.get("patient", ""))
         if chosen is None or org_id not in chosen.ids:

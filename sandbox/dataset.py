@@ -16,7 +16,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.identifiers import GMC_SYSTEM, JOB_ROLE_SYSTEM, ODS_SYSTEM, SDS_ROLE_PROFILE_SYSTEM, SDS_USER_SYSTEM
+from core.identifiers import (
+    ACTIVITY_CODE_SYSTEM,
+    GMC_SYSTEM,
+    JOB_ROLE_SYSTEM,
+    ODS_SYSTEM,
+    SDS_ROLE_PROFILE_SYSTEM,
+    SDS_USER_SYSTEM,
+)
 from core.nhs_number import NHS_NUMBER_SYSTEM, check_digit, from_identifiers, is_valid
 
 from .settings import Organisation, SandboxSettings
@@ -53,6 +60,24 @@ class StaffUser:
     def role_code(self) -> str:
         """CIS2-style ``Sxxxx:Gxxxx:Rxxxx`` (the sandbox fills S/G with placeholders)."""
         return f"S0000:G0000:{self.job_role_code}"
+
+    @property
+    def activities_on_role(self) -> bool:
+        """staff.json ``"role_code_form": "national_rbac"``: PractitionerRole.code carries the job role and the
+        activity codes as codings (``ACTIVITY_CODE_SYSTEM``); otherwise the job role only, activities in an
+        extension."""
+        return self.raw.get("role_code_form", "job_role") == "national_rbac"
+
+    @property
+    def role_in_generic(self) -> bool:
+        """staff.json ``"practitioner_role_in_generic": false``: no PractitionerRole is served for this user
+        while their organisation is in generic SMART mode (as EHRs that keep no roles in FHIR)."""
+        return bool(self.raw.get("practitioner_role_in_generic", True))
+
+    @property
+    def note(self) -> str:
+        """What this user is for, shown on the sign-in page and the inspector."""
+        return str(self.raw.get("note", ""))
 
 
 @dataclass
@@ -177,6 +202,8 @@ def staff_resources(user: StaffUser, org: Organisation) -> list[dict]:
             }
         ],
     }
+    if user.activities_on_role:
+        role["code"] += [{"coding": [{"system": ACTIVITY_CODE_SYSTEM, "code": code}]} for code in user.activities]
     return [practitioner, role]
 
 

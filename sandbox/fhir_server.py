@@ -19,10 +19,11 @@ from flask import Blueprint, Response, current_app, g, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from core.identifiers import ODS_SYSTEM, SDS_USER_SYSTEM
 from core.nhs_number import NHS_NUMBER_SYSTEM, from_identifiers
 from launch.scopes import permits
 
-from .auth_views import smart_configuration
+from .auth_views import oauth_uris, smart_configuration
 from .keys import ACCESS_TOKEN_ALG
 from .state import FhirRequest, SandboxState
 from .store import NON_PATIENT_TYPES, PATIENT_FIELD, SUPPORTED_TYPES, OrgStore, SearchError, reference_id
@@ -33,6 +34,8 @@ FHIR_JSON = "application/fhir+json; charset=utf-8"
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
 FOREIGN_HOST = "localhost"  # same machine, different origin: a viewer must not follow it
+# Identifiers a generic-mode organisation's Practitioners do not carry (no national directory behind them).
+NATIONAL_STAFF_SYSTEMS = (SDS_USER_SYSTEM, ODS_SYSTEM)
 
 
 class FhirError(Exception):
@@ -118,13 +121,15 @@ def _drop_connection() -> None:
 
 @bp.get("/.well-known/smart-configuration")
 def well_known():
-    return current_app.response_class(json.dumps(smart_configuration(_state())), mimetype="application/json")
+    state = _state()
+    if state.smart_profile(g.org_id).discovery == "capability_statement_only":
+        raise FhirError(404, "not-found", "No smart-configuration here: see the CapabilityStatement at /metadata.")
+    return current_app.response_class(json.dumps(smart_configuration(state, g.org_id)), mimetype="application/json")
 
 
 @bp.get("/metadata")
 def metadata():
     state = _state()
-    conf = smart_configuration(state)
     org = state.settings.organisation(g.org_id)
     store = state.dataset.stores[g.org_id]
     return _json(
@@ -155,10 +160,7 @@ def metadata():
                         "extension": [
                             {
                                 "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                                "extension": [
-                                    {"url": "authorize", "valueUri": conf["authorization_endpoint"]},
-                                    {"url": "token", "valueUri": conf["token_endpoint"]},
-                                ],
+                                "extension": oauth_uris(state, g.org_id),
                             }
                         ],
                     },
@@ -197,6 +199,7 @@ def search(rtype: str):
     except SearchError as exc:
         raise FhirError(400, "invalid", str(exc)) from exc
     _note_patient(store, rtype, params, matches)
+    matches = _as_served_all(rtype, matches, params)
     return _json(_searchset(rtype, matches, offset, count, ignored))
 
 
@@ -205,7 +208,7 @@ def read(rtype: str, rid: str):
     _check_type(rtype)
     level = _authorise(rtype, "r")
     store = _state().dataset.stores[g.org_id]
-    resource = store.read(rtype, rid)
+    resource = _as_served(store.read(rtype, rid))
     if resource is None:
         raise FhirError(404, "not-found", f"{rtype}/{rid} is not known here.")
     if level == "patient" and not _in_compartment(resource, g.token_claims.get("patient")):
@@ -213,6 +216,41 @@ def read(rtype: str, rid: str):
     if rtype == "Patient":
         g.nhs_number = _nhs(resource)
     return _json(resource)
+
+
+def _as_served(resource: dict | None) -> dict | None:
+    """The resource as this organisation's SMART profile serves it (generic mode: see ``_as_served_all``)."""
+    if resource is None:
+        return None
+    served = _as_served_all(resource["resourceType"], [resource], {})
+    return served[0] if served else None
+
+
+def _as_served_all(rtype: str, resources: list[dict], params: dict[str, list[str]]) -> list[dict]:
+    """Generic mode: Practitioners without SDS user or ODS identifiers (an identifier search on those systems
+    finds nothing), and no PractitionerRole for staff marked ``practitioner_role_in_generic: false``."""
+    state = _state()
+    if rtype not in ("Practitioner", "PractitionerRole") or not state.is_generic(g.org_id):
+        return resources
+    if rtype == "PractitionerRole":
+        hidden = {
+            u.role_id for u in state.dataset.staff.values() if u.organisation == g.org_id and not u.role_in_generic
+        }
+        return [r for r in resources if r["id"] not in hidden]
+    if any(v.split("|", 1)[0] in NATIONAL_STAFF_SYSTEMS for v in params.get("identifier", [])):
+        return []
+    return [_without_national_identifiers(r) for r in resources]
+
+
+def _without_national_identifiers(practitioner: dict) -> dict:
+    identifiers = practitioner.get("identifier") or []
+    kept = [i for i in identifiers if not (isinstance(i, dict) and i.get("system") in NATIONAL_STAFF_SYSTEMS)]
+    if len(kept) == len(identifiers):
+        return practitioner
+    served = {k: v for k, v in practitioner.items() if k != "identifier"}  # the store is shared: never mutate
+    if kept:
+        served["identifier"] = kept
+    return served
 
 
 def _check_type(rtype: str) -> None:

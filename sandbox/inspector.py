@@ -11,6 +11,7 @@ from dataclasses import asdict
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
 
 from .ehr import _check_csrf
+from .settings import DISCOVERY_NOTES, SMART_MODE_NOTES
 from .state import SWITCHES, Launch, SandboxState
 
 bp = Blueprint("inspector", __name__)
@@ -64,6 +65,10 @@ def inspector():
         switches=SWITCHES,
         switches_on=state.switches,
         modes=_modes(),
+        smart=state.smart,
+        smart_modes=SMART_MODE_NOTES,
+        discovery_modes=DISCOVERY_NOTES,
+        staff=sorted(state.dataset.staff.values(), key=lambda s: (s.organisation, s.display_name)),
     )
 
 
@@ -128,6 +133,36 @@ def set_faults(org_id: str):
     if not request.is_json:
         return redirect(url_for("inspector.inspector"))
     return jsonify(asdict(faults))
+
+
+@bp.get("/admin/smart")
+def get_smart():
+    """Each organisation's SMART profile: ``{"gp": {"smart_mode": "nhs", "discovery": "full"}, ...}``."""
+    return jsonify({org: asdict(p) for org, p in _state().smart.items()})
+
+
+@bp.post("/admin/smart/<org_id>")
+def set_smart(org_id: str):
+    """JSON ``{"smart_mode": "generic", "discovery": "token_endpoint_only"}`` (either key), or the inspector's form."""
+    state = _state()
+    data = request.get_json(silent=True) if request.is_json else None
+    if data is None:
+        _check_csrf()
+        data = {"smart_mode": request.form.get("smart_mode"), "discovery": request.form.get("discovery")}
+    if not isinstance(data, dict):
+        return jsonify({"error": "send a JSON object"}), 400
+    unknown = sorted(set(data) - {"smart_mode", "discovery"})
+    if unknown:
+        return jsonify({"error": f"unknown key(s): {', '.join(unknown)}; send smart_mode and/or discovery"}), 400
+    try:
+        profile = state.set_smart(org_id, data.get("smart_mode"), data.get("discovery"))
+    except KeyError:
+        return jsonify({"error": f"unknown organisation {org_id}"}), 404
+    except (TypeError, ValueError) as exc:
+        return jsonify({"error": str(exc)}), 400
+    if not request.is_json:
+        return redirect(url_for("inspector.inspector"))
+    return jsonify(asdict(profile))
 
 
 @bp.get("/admin/switches")

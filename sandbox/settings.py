@@ -30,6 +30,24 @@ from .keys import ID_TOKEN_ALGS
 
 FAULT_MODES = ("ok", "down", "error_500", "malformed_json", "foreign_next", "paging_loop")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+# How an organisation's EHR and the authorisation server behave for its issuer: "nhs" (CIS2-style claims, strict
+# PKCE, kid, the NHS-flavoured sandbox) or "generic" (what common deployed SMART servers do).
+SMART_MODES = ("nhs", "generic")
+SMART_MODE_NOTES = {
+    "nhs": "CIS2-style id_token claims (nhsid_useruid, nhsid_nrbac_roles…), kid, PKCE S256 required, "
+    "single-use codes, configured URLs",
+    "generic": "standard id_token claims only (fhirUser Practitioner/<id>, no name), no kid, one-key JWKS, "
+    "PKCE optional, reusable codes, refresh id_token without aud, client_secret_post advertised but refused, "
+    "discovery URLs from the Host header; Practitioners without SDS/ODS identifiers",
+}
+# What the organisation's FHIR base advertises: the full smart-configuration, a Backend-Services-only one (no
+# authorization_endpoint), or nothing at .well-known (404) with the endpoints in the CapabilityStatement only.
+DISCOVERY_MODES = ("full", "token_endpoint_only", "capability_statement_only")
+DISCOVERY_NOTES = {
+    "full": "/.well-known/smart-configuration with every endpoint",
+    "token_endpoint_only": "smart-configuration for Backend Services only: token_endpoint, no authorization_endpoint",
+    "capability_statement_only": "/.well-known/smart-configuration answers 404; endpoints in /metadata only",
+}
 MAX_LATENCY_MS = 120_000
 
 
@@ -58,6 +76,8 @@ ORGANISATION = Table(
         "name": Key(STRING, REQUIRED),
         "ods_code": Key(STRING, REQUIRED),
         "kind": Key(STRING, "gp", choices=SOURCE_KINDS),
+        "smart_mode": Key(STRING, "nhs", choices=SMART_MODES),
+        "discovery": Key(STRING, "full", choices=DISCOVERY_MODES),
     },
     array=True,
     label=("id",),
@@ -115,12 +135,35 @@ def validate_faults(latency_ms: Any, mode: Any) -> None:
 
 
 @dataclass(frozen=True)
+class SmartProfile:
+    """How an organisation's issuer behaves (``smart_mode``) and what its FHIR base advertises (``discovery``)."""
+
+    smart_mode: str = "nhs"
+    discovery: str = "full"
+
+    def __post_init__(self) -> None:
+        validate_smart_profile(self.smart_mode, self.discovery)
+
+    @property
+    def generic(self) -> bool:
+        return self.smart_mode == "generic"
+
+
+def validate_smart_profile(smart_mode: Any, discovery: Any) -> None:
+    if smart_mode not in SMART_MODES:
+        raise ValueError(f"smart_mode must be one of {', '.join(SMART_MODES)}")
+    if discovery not in DISCOVERY_MODES:
+        raise ValueError(f"discovery must be one of {', '.join(DISCOVERY_MODES)}")
+
+
+@dataclass(frozen=True)
 class Organisation:
     id: str
     name: str
     ods_code: str
     kind: str
     faults: Faults
+    smart: SmartProfile = field(default_factory=SmartProfile)
 
 
 @dataclass(frozen=True)
@@ -192,6 +235,7 @@ def _organisation(d: dict[str, Any], file: str) -> Organisation:
             ods_code=d["ods_code"],
             kind=d["kind"],
             faults=Faults(latency_ms=faults["latency_ms"], mode=faults["mode"]),
+            smart=SmartProfile(smart_mode=d["smart_mode"], discovery=d["discovery"]),
         )
     except ValueError as exc:
         raise ConfigError(f"{file}: [[sandbox.organisation]] {d['id']!r} faults: {exc}") from exc

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .dataset import Dataset
 from .keys import ServerKeys
-from .settings import Faults, SandboxSettings, validate_faults
+from .settings import Faults, SandboxSettings, SmartProfile, validate_faults, validate_smart_profile
 
 # Simulated errors an integrator can switch on (smart-launcher style) for negative tests.
 SWITCHES = {
@@ -86,6 +86,7 @@ class SandboxState:
         self.faults: dict[str, Faults] = {
             o.id: Faults(o.faults.latency_ms, o.faults.mode) for o in settings.organisations
         }
+        self.smart: dict[str, SmartProfile] = {o.id: o.smart for o in settings.organisations}
         self.switches: set[str] = set()
         self.issued_jtis: deque[str] = deque(maxlen=20_000)
         self.expired_jtis: set[str] = set()
@@ -149,6 +150,28 @@ class SandboxState:
             self.faults[org_id] = Faults(new_latency, new_mode)
         return self.faults[org_id]
 
+    # -- SMART profiles (smart_mode and discovery per organisation) ----------------------------------
+    def smart_profile(self, org_id: str | None) -> SmartProfile:
+        """The organisation's current profile; NHS defaults for anything that is not an organisation."""
+        return self.smart.get(org_id or "", SmartProfile())
+
+    def is_generic(self, org_id: str | None) -> bool:
+        return self.smart_profile(org_id).generic
+
+    def any_generic(self) -> bool:
+        return any(p.generic for p in self.smart.values())
+
+    def set_smart(self, org_id: str, smart_mode: str | None = None, discovery: str | None = None) -> SmartProfile:
+        if org_id not in self.smart:
+            raise KeyError(org_id)
+        current = self.smart[org_id]
+        new_mode = current.smart_mode if smart_mode is None else smart_mode
+        new_discovery = current.discovery if discovery is None else discovery
+        validate_smart_profile(new_mode, new_discovery)
+        with self.lock:
+            self.smart[org_id] = SmartProfile(new_mode, new_discovery)
+        return self.smart[org_id]
+
     def set_switch(self, name: str, on: bool) -> None:
         if name not in SWITCHES:
             raise KeyError(name)
@@ -163,8 +186,9 @@ class SandboxState:
                     self.expired_jtis = set()
 
     def reset(self) -> None:
-        """Back to the configured faults with no switches on (tests call this between cases)."""
+        """Back to the configured faults and SMART profiles with no switches on (tests call this between cases)."""
         with self.lock:
             self.faults = {o.id: Faults(o.faults.latency_ms, o.faults.mode) for o in self.settings.organisations}
+            self.smart = {o.id: o.smart for o in self.settings.organisations}
             self.switches.clear()
             self.expired_jtis = set()

@@ -14,7 +14,6 @@ import requests
 from flask import Flask
 from werkzeug.serving import make_server
 
-import app.config
 from app import create_app
 from app.config import Config, load_config
 from sandbox import create_sandbox_app
@@ -26,9 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # directly uses the sandbox's, as `make run` and `make test` do.
 if not os.environ.get("SCR_CONFIG"):
     os.environ["SCR_CONFIG"] = str(SANDBOX_CONFIG)
-# Transitional: test modules and bench/ still import app.config.DEFAULT_CONFIG, which the viewer no longer has
-# (it pointed into the sandbox). Remove once they import sandbox.serve.SANDBOX_CONFIG.
-app.config.DEFAULT_CONFIG = SANDBOX_CONFIG
 SYNTHEA_DIR = Path(os.environ.get("SCR_SYNTHEA_DIR") or ROOT.parent / "shared" / "data" / "synthea")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

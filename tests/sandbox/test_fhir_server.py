@@ -299,11 +299,12 @@ def test_request_id_is_echoed_and_logged(client, sandbox, system_token):
 
 
 def test_faults_can_be_set_in_the_config_file(sandbox, tmp_path):
-    from app.config import DEFAULT_CONFIG, load_config
+    from app.config import load_config
     from sandbox import create_sandbox_app
+    from sandbox.serve import SANDBOX_CONFIG
     from tests.conftest import test_env
 
-    text = DEFAULT_CONFIG.read_text()
+    text = SANDBOX_CONFIG.read_text()
     head, sep, tail = text.rpartition('faults = { latency_ms = 0, mode = "ok" }')  # the last one: council
     (tmp_path / "config.toml").write_text(head + 'faults = { latency_ms = 0, mode = "error_500" }' + tail)
     config = load_config(tmp_path / "config.toml", env=test_env(tmp_path, 1, 2))

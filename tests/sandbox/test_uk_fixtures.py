@@ -26,6 +26,8 @@ REQUIRED_STAFF = {
     "sw-campbell": ("council", "R8003", {"B0370"}),
     "po-wright": ("hospital", "R0001", {"B0015", "B0016"}),
     "dr-morgan": ("hospital", "R8000", {"B0370", "B0360", "B0168"}),
+    "dr-haddad": ("gp", "R8000", {"B0360", "B0370"}),  # generic mode (a): RBAC codes on PractitionerRole.code
+    "dr-brennan": ("gp", "R8000", {"B0370", "B0360"}),  # generic mode (b): no PractitionerRole
 }
 
 
@@ -222,10 +224,14 @@ def test_required_staff_and_roles():
         "nhs_number",
         "gmc_number",
     }
-    optional = {"fhir_user_form"}  # practitioner (default) | practitioner_role | relative
+    # fhir_user_form: practitioner (default) | practitioner_role | relative; role_code_form: job_role (default) |
+    # national_rbac; practitioner_role_in_generic: true (default) | false; note: shown to testers.
+    optional = {"fhir_user_form", "role_code_form", "practitioner_role_in_generic", "note"}
     for member in STAFF:
         assert keys <= set(member) <= keys | optional, member["id"]
         assert member.get("fhir_user_form", "practitioner") in ("practitioner", "practitioner_role", "relative")
+        assert member.get("role_code_form", "job_role") in ("job_role", "national_rbac")
+        assert member.get("practitioner_role_in_generic", True) in (True, False)
         assert member["organisation"] in ORGS
         assert member["practitioner_id"].startswith(member["organisation"] + "-")
         assert member["role_id"].startswith(member["organisation"] + "-")
