@@ -29,6 +29,8 @@ def create_app(config: Config | None = None, catalogue: Catalogue = CATALOGUE) -
     import launch
 
     from . import access, audit, observability, record, security, views
+    from .access.cli import access_cli
+    from .access.register import AccessRegister
     from .pipeline import RecordPipeline
     from .services import Services, install, services
 
@@ -45,11 +47,27 @@ def create_app(config: Config | None = None, catalogue: Catalogue = CATALOGUE) -
     records = record.init_app(config, catalogue, smart, shared=store if redis_url else None)
     audiences = {**catalogue.audiences(), "export": EXPORT_AUDIENCE}
     governance, training = access.init_app(config, audiences, store, audit_store, trail, alerts, smart.tokens)
+    register = AccessRegister(audit_store, trail, default_days=config.access.register_default_days)
+    smart.register = register.lookup  # the identity source "register"
+    app.cli.add_command(access_cli)
     pipeline = RecordPipeline(records, governance, trail, catalogue)
     smart.on_launch = pipeline.launch_completed
     install(
         app,
-        Services(config, catalogue, store, smart, audit_store, trail, alerts, training, records, governance, pipeline),
+        Services(
+            config,
+            catalogue,
+            store,
+            smart,
+            audit_store,
+            trail,
+            alerts,
+            training,
+            records,
+            governance,
+            pipeline,
+            register=register,
+        ),
     )
     views.init_app(app, catalogue)
     observability.install_operations(app, audit_store=lambda: services(app).audit_store, state_store=lambda: store)

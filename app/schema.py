@@ -14,7 +14,19 @@ expired" are plain numeric comparisons on every database.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 metadata = MetaData()
 
@@ -76,8 +88,57 @@ Index("ix_alert_outbox_due", alert_outbox.c.state, alert_outbox.c.next_attempt_a
 training_attestations = Table(
     "training_attestations",
     metadata,
-    Column("sds_user_id", String(40), primary_key=True),
+    Column("sds_user_id", String(500), primary_key=True),  # the user id: SDS user id, else the id_token subject
     Column("completed", String(10), nullable=False),
     Column("recorded_by", String(200), nullable=False),
     Column("recorded_at", String(40), nullable=False),
 )
+
+# -- the local access register (app/access/register.py) ---------------------------------------------------
+# (issuer, subject) → national RBAC role and activity codes until ``expires`` (YYYY-MM-DD, inclusive, UTC).
+# One row per issuer and subject: renewing or re-adding updates it, revoking marks it; every change is in the
+# audit trail, which holds the history. Codes are space-separated.
+register_entries = Table(
+    "register_entries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("issuer", String(500), nullable=False),
+    Column("subject", String(500), nullable=False),  # the id_token sub, the fhirUser as sent, or the SDS user id
+    Column("role_codes", String(500), nullable=False),
+    Column("activity_codes", String(1000), nullable=False),
+    Column("organisation_ods", String(20)),
+    Column("expires", String(10), nullable=False),
+    Column("added_by", String(200), nullable=False),
+    Column("added_at", String(40), nullable=False),
+    Column("updated_by", String(200)),
+    Column("updated_at", String(40)),
+    Column("revoked_by", String(200)),
+    Column("revoked_at", String(40)),  # set: revoked
+    Column("request_id", Integer, ForeignKey("access_requests.id", name="fk_register_entries_request_id")),
+    UniqueConstraint("issuer", "subject", name="uq_register_entries_issuer_subject"),
+)
+
+# -- access requests: the service desk's queue (app/access/register.py) ------------------------------------
+access_requests = Table(
+    "access_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("issuer", String(500), nullable=False),
+    Column("system", String(200), nullable=False),  # the EHR's name, as the user saw it
+    Column("subject", String(500), nullable=False),  # the key an approval writes: the user id (SDS id, else sub)
+    Column("subjects", Text, nullable=False),  # JSON list: every id the user was known by (sub, fhirUser, SDS)
+    Column("name", String(200), nullable=False),
+    Column("organisation", String(200), nullable=False),
+    Column("organisation_ods", String(20)),
+    Column("requested_role", String(20), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("training_completed", String(10), nullable=False),
+    Column("training_confirmed", Boolean, nullable=False),
+    Column("status", String(10), nullable=False),  # pending | approved | rejected
+    Column("submitted_at", String(40), nullable=False),
+    Column("decided_by", String(200)),
+    Column("decided_at", String(40)),
+    Column("note", Text),
+)
+Index("ix_access_requests_status", access_requests.c.status)
+Index("ix_access_requests_subject", access_requests.c.issuer, access_requests.c.subject)

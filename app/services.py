@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from app.access.register import AccessRegister
 from app.access.service import AccessService
 from app.access.training import TrainingRegister
 from app.audit.alerts import AlertBox
@@ -35,6 +36,7 @@ class Services:
     record: RecordService
     access: AccessService
     pipeline: RecordPipeline
+    register: AccessRegister  # the local access register and its request queue
 
 
 def install(app: Flask, services: Services) -> None:

@@ -45,6 +45,7 @@ class Step(StrEnum):
     BREAK_GLASS = "break-glass"
     PRIVACY_CONSOLE = "privacy-console"
     REFUSE = "refuse"
+    ACCESS_REGISTER = "access-register"  # registration authority staff without clinical activities
     GO_TO = "go-to"  # another section of the record (e.g. administrative roles land on the care team page)
     WAIT = "wait"  # not decided yet: organisations are still answering
 
@@ -67,6 +68,7 @@ class Capabilities:
     emergency: bool
     sensitive: bool
     privacy_officer: bool
+    register_manager: bool = False  # manages the access register (privacy officers and register_manager_roles)
 
     @property
     def clinical(self) -> bool:
@@ -84,12 +86,13 @@ def capabilities(identity: UserIdentity | None, rules: AccessRules) -> Capabilit
         scope = DEMOGRAPHICS
     else:
         scope = None
+    privacy_officer = bool(roles & rules.privacy_officer_roles) and bool(activities & rules.privacy_officer_activities)
     return Capabilities(
         scope=scope,
         emergency=bool(activities & (rules.emergency_access | rules.legal_override)) and scope in (DETAILED, SUMMARY),
         sensitive=bool(activities & rules.sensitive_records),
-        privacy_officer=bool(roles & rules.privacy_officer_roles)
-        and bool(activities & rules.privacy_officer_activities),
+        privacy_officer=privacy_officer,
+        register_manager=privacy_officer or bool(roles & rules.register_manager_roles),
     )
 
 
@@ -190,7 +193,13 @@ def screen(
             None,
             None,
             _no_clinical_role(identity, caps),
-            next=Step.PRIVACY_CONSOLE if caps.privacy_officer else Step.REFUSE,
+            next=(
+                Step.PRIVACY_CONSOLE
+                if caps.privacy_officer
+                else Step.ACCESS_REGISTER
+                if caps.register_manager
+                else Step.REFUSE
+            ),
         )
     return None
 
@@ -198,6 +207,8 @@ def screen(
 def _no_clinical_role(identity: UserIdentity | None, caps: Capabilities) -> str:
     if caps.privacy_officer:
         return "Privacy officers review audit records and alerts; clinical records are not shown to this role."
+    if caps.register_manager:
+        return "Registration authority staff manage the access register; clinical records are not shown to this role."
     if identity is not None and identity.role_source is None and not identity.activity_codes:
         return "No role that gives access to shared care records was found for you."
     return (

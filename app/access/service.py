@@ -56,7 +56,7 @@ class AccessService:
 
     def _trained(self, ctx: LaunchContext) -> bool:
         """Only standalone use needs recorded training (one register lookup)."""
-        return not ctx.standalone or self.training.attested(ctx.identity.sds_user_id if ctx.identity else None)
+        return not ctx.standalone or self.training.attested(ctx.identity.user_id if ctx.identity else None)
 
     def prepare(self, ctx: LaunchContext, nhs: str | None, request_id: str) -> None:
         """Ask the user's own system whether the patient is a colleague while the record is being fetched,

@@ -48,6 +48,9 @@ KINDS = {
     "refusal": ((DCM, "110113", "Security Alert"), None, "E", None),
     "error": ((DCM, "110113", "Security Alert"), None, "E", None),
     "privacy-officer": ((REST, "rest", "Restful Operation"), (RESTFUL, "search-type", "search"), "E", None),
+    # The access register (app/access/register.py): entries changed, requests submitted and decided.
+    "register-change": ((DCM, "110136", "Security Roles Changed"), None, "U", None),
+    "access-request": ((DCM, "110137", "User Security Attributes Changed"), None, "E", None),
 }
 OUTCOMES = {"success": "0", "minor-failure": "4", "serious-failure": "8"}
 

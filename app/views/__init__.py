@@ -6,10 +6,10 @@ from flask import Flask, render_template
 
 from app.record.catalogue import Catalogue
 
-from . import access, privacy, record
+from . import access, privacy, record, register
 
 # Paths under /r/<ctx>/ that are not section pages: a section may not take their name.
-FIXED_RECORD_PATHS = frozenset({"progress", "export.json", "access", "privacy"})
+FIXED_RECORD_PATHS = frozenset({"progress", "export.json", "access", "privacy", "register"})
 
 
 def init_app(app: Flask, catalogue: Catalogue) -> None:
@@ -29,4 +29,5 @@ def init_app(app: Flask, catalogue: Catalogue) -> None:
     app.register_blueprint(record.bp)
     app.register_blueprint(access.bp)
     app.register_blueprint(privacy.bp)
+    app.register_blueprint(register.bp)
 

@@ -151,6 +151,8 @@ def act_on(ctx: LaunchContext, look: Look, section: str):
         return redirect(url_for("access.reason", ctx_id=ctx.id, next=request.path))
     if step is Step.BREAK_GLASS:
         return redirect(url_for("access.break_glass", ctx_id=ctx.id, next=request.path))
+    if step is Step.ACCESS_REGISTER:
+        return redirect(url_for("register.entries", ctx_id=ctx.id))
     if step is Step.PRIVACY_CONSOLE:
         return redirect(url_for("privacy.alerts", ctx_id=ctx.id))
     if step is Step.GO_TO:

@@ -9,6 +9,10 @@ Loading data: under ``types: [smart]`` every /fhir request, writes included, nee
 allow it, and a transaction POSTed to the base URL needs create on ``*``. So a second SMART client,
 ``interop-loader`` (its own key, ``system/*.write``), obtains a token the ordinary way and posts the bundle.
 The viewer's client stays read-only, as it would be registered at a real EHR.
+
+``sekmet_organisations`` starts THREE servers at once (a GP practice, a hospital and a community trust), each
+its own process with the same two clients registered and no data: ``tests/interop/synthea_split.py`` loads
+them. The single-server ``sekmet`` fixture is unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -142,33 +147,40 @@ def _wait_ready(proc: subprocess.Popen, base_url: str, log_path: Path) -> bool:
     pytest.fail(f"sekmet did not answer {base_url}/metadata within {START_TIMEOUT:.0f} s:\n{_log_tail(log_path)}")
 
 
-def _start(workdir: Path, viewer_jwks: dict, loader_jwks: dict) -> tuple[subprocess.Popen, str]:
+def _spawn(workdir: Path, viewer_jwks: dict, loader_jwks: dict, attempt: int) -> tuple[subprocess.Popen, str]:
+    """Start sekmet on a free port. Call from the main thread: PR_SET_PDEATHSIG fires when the *thread*
+    that forked the child exits, so a server spawned from a worker thread would be killed with it."""
     # sekmet's settings honour these environment overrides; never let the caller's environment redirect it
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEKMET_")}
     env["PYTHONUNBUFFERED"] = "1"
     log_path = workdir / "sekmet.log"
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}/fhir"
+    settings_path = workdir / "settings.yaml"
+    # JSON is YAML 1.2 (and sekmet's yaml.safe_load reads it); the project venv has no YAML library
+    settings_path.write_text(json.dumps(_settings(workdir, port, viewer_jwks, loader_jwks), indent=2))
+    with log_path.open("ab") as log:
+        log.write(f"--- attempt {attempt}, port {port}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            [str(SEKMET_BIN), "serve", "-c", str(settings_path)],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if _LIBC is not None else None,
+        )
+    return proc, base_url
+
+
+def _start(workdir: Path, viewer_jwks: dict, loader_jwks: dict) -> tuple[subprocess.Popen, str]:
     for attempt in range(1, START_ATTEMPTS + 1):
-        port = _free_port()
-        base_url = f"http://127.0.0.1:{port}/fhir"
-        settings_path = workdir / "settings.yaml"
-        # JSON is YAML 1.2 (and sekmet's yaml.safe_load reads it); the project venv has no YAML library
-        settings_path.write_text(json.dumps(_settings(workdir, port, viewer_jwks, loader_jwks), indent=2))
-        with log_path.open("ab") as log:
-            log.write(f"--- attempt {attempt}, port {port}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                [str(SEKMET_BIN), "serve", "-c", str(settings_path)],
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if _LIBC is not None else None,
-            )
-        if _wait_ready(proc, base_url, log_path):
+        proc, base_url = _spawn(workdir, viewer_jwks, loader_jwks, attempt)
+        if _wait_ready(proc, base_url, workdir / "sekmet.log"):
             return proc, base_url
         _stop(proc)
-    pytest.fail(f"sekmet exited during start-up {START_ATTEMPTS} times:\n{_log_tail(log_path)}")
+    pytest.fail(f"sekmet exited during start-up {START_ATTEMPTS} times:\n{_log_tail(workdir / 'sekmet.log')}")
 
 
 # ---------------------------------------------------------------- SMART Backend Services (loader)
@@ -327,3 +339,223 @@ def sekmet(tmp_path_factory) -> Sekmet:
         )
     finally:
         _stop(proc)
+
+
+# ---------------------------------------------------------------- three organisations, each its own sekmet
+
+
+@dataclass(frozen=True)
+class OrgSpec:
+    """An organisation served by a sekmet server of its own; ``key`` is also the viewer's ``[[source]]`` id."""
+
+    key: str
+    name: str
+    ods_code: str
+    kind: str  # a viewer source kind (gp, acute, community, …)
+
+
+# The GP practice keeps the sandbox GP's ODS code: the sandbox EHR launching the viewer is that practice's
+# system, so the practice's user, its EHR and its FHIR server are one organisation. The others are made up.
+ORGANISATIONS = (
+    OrgSpec("sekmet-gp", "Riverside Medical Practice (sekmet)", "Y01001", "gp"),
+    OrgSpec("sekmet-hospital", "Eastbrook Hospitals NHS Trust (sekmet)", "RE1", "acute"),
+    OrgSpec("sekmet-community", "Eastbrook Community Health NHS Trust (sekmet)", "RE2", "community"),
+)
+
+
+@dataclass(frozen=True)
+class SekmetOrg:
+    """One organisation's running sekmet server."""
+
+    spec: OrgSpec
+    base_url: str
+    token_url: str
+    pid: int
+    workdir: Path
+    viewer_keyset: KeySet = field(repr=False)
+    loader_key: RSAKey = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def loader_token(self) -> str:
+        """A fresh ``system/*.write`` token for the loader client."""
+        return _token(self.token_url, self.loader_key, LOADER_CLIENT_ID, LOADER_SCOPES)
+
+    def viewer_token(self, scope: str = "system/*.rs") -> str:
+        """A token for the viewer's client (read-only), obtained with the viewer's own RS384 key."""
+        key = next(k for k in self.viewer_keyset if k.get("alg") == "RS384")
+        return _token(self.token_url, key, VIEWER_CLIENT_ID, scope)
+
+    def post_transaction(self, bundle: dict, token: str | None = None) -> dict:
+        """POST a transaction bundle; every entry must succeed (201 created / 200 updated)."""
+        r = requests.post(
+            self.base_url,
+            data=json.dumps(bundle),
+            headers={
+                "Authorization": f"Bearer {token or self.loader_token()}",
+                "Content-Type": FHIR_JSON,
+                "Accept": FHIR_JSON,
+                "Prefer": "return=minimal",
+            },
+            timeout=300,
+        )
+        assert r.status_code == 200, f"{self.key}: transaction failed: {r.status_code} {r.text[:2000]}"
+        response = r.json()
+        assert response.get("type") == "transaction-response", response
+        statuses = [e["response"]["status"] for e in response["entry"]]
+        assert len(statuses) == len(bundle["entry"]), (len(statuses), len(bundle["entry"]))
+        assert all(s.startswith(("200", "201")) for s in statuses), sorted(set(statuses))
+        return response
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _log_tail(self.workdir / "sekmet.log", lines)
+
+
+@dataclass(frozen=True)
+class SekmetOrganisations:
+    """Three running sekmet servers; the viewer's private keys (``keyset``) match the JWKS each holds."""
+
+    orgs: dict[str, SekmetOrg]
+    keyset: KeySet = field(repr=False)
+    keys_file: Path  # the viewer's private JWKS as a file, for a viewer configuration's keys_file
+    client_id: str = VIEWER_CLIENT_ID
+
+    def __getitem__(self, key: str) -> SekmetOrg:
+        return self.orgs[key]
+
+    def __iter__(self):
+        return iter(self.orgs.values())
+
+
+def sekmet_installed_or_skip() -> None:
+    if not SEKMET_BIN.exists():
+        message = f"sekmet-fhir is not installed ({SEKMET_BIN.relative_to(ROOT)} missing): run make install"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+def start_organisations(root: Path, specs: tuple[OrgSpec, ...], keyset: KeySet, loader_key: RSAKey) -> list[SekmetOrg]:
+    """Start one sekmet per organisation, in parallel (each waits for its own /metadata); stop all on failure."""
+    viewer_jwks = public_jwks(keyset)
+    loader_jwks = {"keys": [loader_key.as_dict(private=False)]}
+    workdirs = []
+    for spec in specs:
+        workdir = root / spec.key
+        workdir.mkdir(parents=True)
+        workdirs.append(workdir)
+    # Spawned here (main thread), then all waited for at once: about one start-up time for the three.
+    pending = {spec.key: (spec, workdir) for spec, workdir in zip(specs, workdirs, strict=True)}
+    started, errors = [], []
+    for attempt in range(1, START_ATTEMPTS + 1):
+        spawned = [(spec, w, *_spawn(w, viewer_jwks, loader_jwks, attempt)) for spec, w in pending.values()]
+        with ThreadPoolExecutor(len(spawned)) as pool:
+            futures = [pool.submit(_ready_or_none, proc, url, w / "sekmet.log") for _, w, proc, url in spawned]
+            ready = [f.result() for f in futures]
+        for (spec, w, proc, url), outcome in zip(spawned, ready, strict=True):
+            if outcome is True:
+                started.append((spec, w, proc, url))
+                del pending[spec.key]
+            else:
+                _stop(proc)
+                if outcome is not False or attempt == START_ATTEMPTS:  # timed out, or exited every time
+                    errors.append(f"{spec.key}: {outcome or 'exited during start-up'}\n{_log_tail(w / 'sekmet.log')}")
+                    pending.pop(spec.key, None)
+        if not pending:
+            break
+    if errors:
+        for _, _, proc, _ in started:
+            _stop(proc)
+        pytest.fail("sekmet servers did not start:\n" + "\n".join(errors), pytrace=False)
+    started.sort(key=lambda t: specs.index(t[0]))
+    _PROCS.extend(proc for _, _, proc, _ in started)
+    return [
+        SekmetOrg(
+            spec=spec,
+            base_url=base_url,
+            token_url=f"{base_url.removesuffix('/fhir')}/auth/token",
+            pid=proc.pid,
+            workdir=workdir,
+            viewer_keyset=keyset,
+            loader_key=loader_key,
+        )
+        for spec, workdir, proc, base_url in started
+    ]
+
+
+_PROCS: list[subprocess.Popen] = []  # the organisations' servers, stopped by the fixture (by PID)
+
+
+def _ready_or_none(proc: subprocess.Popen, base_url: str, log_path: Path) -> bool | str:
+    """True when ready, False when the process exited (retry on another port), else why it failed."""
+    try:
+        return _wait_ready(proc, base_url, log_path)
+    except BaseException as exc:  # noqa: BLE001 - pytest.fail (a timeout) raises Failed, a BaseException
+        return str(exc) or exc.__class__.__name__
+
+
+def stop_organisations(orgs: list[SekmetOrg]) -> None:
+    pids = {o.pid for o in orgs}
+    for proc in [p for p in _PROCS if p.pid in pids]:
+        _stop(proc)
+        _PROCS.remove(proc)
+
+
+@pytest.fixture(scope="session")
+def sekmet_organisations(tmp_path_factory) -> SekmetOrganisations:
+    """Three sekmet-fhir servers (GP, hospital, community), SMART Backend Services on, no data yet."""
+    sekmet_installed_or_skip()
+    root = tmp_path_factory.mktemp("sekmet-orgs")
+    keyset = generate_keyset()
+    keys_file = root / "viewer.jwks.json"
+    keys_file.write_text(json.dumps(keyset.as_dict(private=True)))
+    keys_file.chmod(0o600)
+    loader_key = RSAKey.generate_key(2048, parameters={"alg": "RS384", "use": "sig"}, private=True, auto_kid=True)
+    orgs = start_organisations(root, ORGANISATIONS, keyset, loader_key)
+    try:
+        yield SekmetOrganisations({o.key: o for o in orgs}, keyset, keys_file)
+    finally:
+        stop_organisations(orgs)
+
+
+# ---------------------------------------------------------------- three organisations with Synthea patients
+
+
+@dataclass(frozen=True)
+class LoadedOrganisations:
+    """The three servers with Synthea patients split across them (``tests/interop/synthea_split.py``)."""
+
+    servers: SekmetOrganisations
+    splits: list  # list[synthea_split.PatientSplit], in CHOSEN order
+    nhs_numbers: dict[str, str]  # Synthea person id → the sandbox's NHS number
+    load_seconds: float
+
+
+@pytest.fixture(scope="session")
+def synthea_organisations(sekmet_organisations) -> LoadedOrganisations:
+    """Every chosen Synthea patient loaded at the three servers: one transaction per patient per server,
+    the three servers loaded in parallel. Skipped (even in CI) when the Synthea folder is absent, as every
+    Synthea test is: a clean clone has no ../shared."""
+    from .synthea_split import SYNTHEA_DIR, sandbox_nhs_numbers, split_all, synthea_present
+
+    if not synthea_present():
+        pytest.skip(f"Synthea data not present at {SYNTHEA_DIR} (set SCR_SYNTHEA_DIR)")
+    started = time.monotonic()
+    nhs_numbers = sandbox_nhs_numbers()
+    splits = split_all(nhs_numbers, {o.key: o.base_url for o in sekmet_organisations})
+
+    def load(org: SekmetOrg) -> None:
+        token = org.loader_token()
+        for split in splits:
+            org.post_transaction(split.bundle(org.key, org.base_url), token)
+
+    with ThreadPoolExecutor(len(sekmet_organisations.orgs)) as pool:
+        for future in [pool.submit(load, org) for org in sekmet_organisations]:
+            future.result()
+    return LoadedOrganisations(sekmet_organisations, splits, nhs_numbers, time.monotonic() - started)
