@@ -124,6 +124,7 @@ def chromium_path() -> str | None:
 INTEGRATION_FIXTURES = frozenset(
     {
         "running",  # the sandbox and the viewer on real loopback HTTP servers
+        "walkthrough",  # the README's configuration with its own sandbox and viewer (tests/app/test_walkthrough.py)
         "sandbox",
         "sekmet",  # sekmet-fhir in its own venv (tests/interop)
         "deployment",  # gunicorn viewers + a sandbox process + Redis + PostgreSQL (tests/app/test_production.py)
