@@ -35,11 +35,12 @@ if _OWN_METRICS_DIR:
 
 def on_starting(server):
     # Refuse before any worker starts, with the configuration's own message (no SCR_CONFIG, unknown key…),
-    # instead of every worker failing to boot. Only reads the file: nothing is opened before the fork.
+    # instead of every worker failing to boot. The source check's connections are reset after the fork (core.http).
     from app.config import ConfigError, load_config
+    from app.startup import check_sources
 
     try:
-        load_config()
+        check_sources(load_config())  # a source without any way to find its token endpoint stops the start
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr, flush=True)
         on_exit(server)

@@ -21,6 +21,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from app import create_app
 from app.config import ConfigError, load_config
 from app.observability import configure_logging
+from app.startup import check_sources
 
 
 class NoDelayHandler(WSGIRequestHandler):
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(json_logs=os.environ.get("SCR_LOG_FORMAT") == "json")
     try:
         config = load_config(args.config)
+        check_sources(config)
         app = create_app(config)
     except ConfigError as exc:
         hint = "" if args.config else " or run python -m app --config FILE"

@@ -667,6 +667,8 @@ def _identity_policy(d: Mapping[str, Any], bound: Source | None, where: str) -> 
 def _source(d: Mapping[str, Any], file: str) -> Source:
     if d["auth"] == "backend_services" and not d["client_id"]:
         raise ConfigError(f"{file}: [[source]] {d['id']!r} backend_services needs a client_id")
+    if d["auth"] != "backend_services" and d["token_url"]:
+        raise ConfigError(f"{file}: [[source]] {d['id']!r} token_url is set but auth is {d['auth']!r} (no token)")
     return Source(
         id=d["id"],
         name=d["name"],

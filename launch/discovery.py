@@ -19,7 +19,7 @@ from joserfc.jwk import KeySet
 
 from core.http import OutboundError, http_get
 
-from .errors import DiscoveryFailed
+from .errors import DiscoveryFailed, DiscoveryUnreachable
 
 DISCOVERY_TTL = 3600
 JWKS_TTL = 3600
@@ -126,7 +126,9 @@ class Discovery:
             try:
                 found = token_endpoint_from_capabilities(_get_json(f"{fhir_base.rstrip('/')}/metadata"))
             except DiscoveryFailed as second:
-                raise DiscoveryFailed(f"no token endpoint: {first}; and from /metadata: {second}") from second
+                both_silent = isinstance(first, DiscoveryUnreachable) and isinstance(second, DiscoveryUnreachable)
+                failure = DiscoveryUnreachable if both_silent else DiscoveryFailed
+                raise failure(f"no token endpoint: {first}; and from /metadata: {second}") from second
             with self._lock:
                 self._token_urls[fhir_base] = found
             return found
@@ -158,7 +160,7 @@ def _get_json(url: str) -> object:
     try:
         resp = http_get(url, headers={"Accept": "application/json"}, timeout=TIMEOUT, max_bytes=MAX_BYTES)
     except OutboundError as exc:
-        raise DiscoveryFailed(str(exc)) from exc
+        raise DiscoveryUnreachable(str(exc)) from exc
     if resp.status != 200:
         raise DiscoveryFailed(f"GET {url} answered {resp.status}")
     try:

@@ -41,6 +41,10 @@ class DiscoveryFailed(LaunchError):
     audit_code = "discovery-failed"
 
 
+class DiscoveryUnreachable(DiscoveryFailed):
+    """No answer at all (connection refused, timed out): may pass; unlike an answer that lacks an endpoint."""
+
+
 class AccessDenied(LaunchError):
     status = 403
     title = "Access to the record was not allowed"
