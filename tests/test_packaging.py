@@ -1,24 +1,18 @@
 """The viewer runs on its own: the product wheel, installed in a fresh venv outside the repository, serves
 the viewer from a folder of its own and completes a real EHR launch against the sandbox.
 
-The fresh venv gets the wheel only (``--no-deps``). Its dependencies come from the repository's venv through
-a ``.pth`` file naming that venv's site-packages: a path line in a ``.pth`` adds the folder to ``sys.path``
-but does not run the ``.pth`` files inside it, so the repository's editable install (its import finder) is
-not activated — the new venv sees Flask and the rest, but ``app`` only from the wheel and no ``sandbox``.
+The wheel and the fresh venv (the wheel only, its dependencies from the repository's venv through a ``.pth``
+file, no ``sandbox``) are made once per test session by ``tests/installed.py``, shared with the three
+organisations test (``tests/interop/test_three_organisations.py``), which runs the same installed viewer.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import zipfile
 from pathlib import Path
 
@@ -26,54 +20,9 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, LoopbackCookieJar
+from tests.installed import PRODUCT, clean_env, free_port, installed_python, product_wheel, start, stop, wait_for
 
 MARGARET = "9991000372"  # Margaret, registered at Riverside Medical Practice (sandbox/fixtures/uk/gp.json)
-PRODUCT = ("app", "core", "launch")
-# What the build needs from the source tree; the sandbox is copied too, so leaving it out is pyproject's doing.
-BUILD_INPUTS = ("pyproject.toml", "README.md", *PRODUCT, "sandbox")
-STRIPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "REDIS_URL", "SANDBOX_URL", "VIEWER_URL")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without anything that would point a process at the repository or its settings."""
-    env = {k: v for k, v in os.environ.items() if k not in STRIPPED_ENV and not k.startswith("SCR_")}
-    return {**env, **extra}
-
-
-def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode} before {url} answered:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(url, timeout=2).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never answered:\n{log.read_text()[-3000:]}")
-
-
-def start(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def viewer_toml(viewer_port: int, sandbox_port: int, generate_dev_keys: bool) -> str:
@@ -120,48 +69,16 @@ sqlite_path = "var/audit.sqlite3"
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
-    """The product wheel, built from a copy of the source tree (nothing is written into the repository)."""
-    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("dist")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in BUILD_INPUTS:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, src / name, ignore=ignore)
-        else:
-            shutil.copy2(ROOT / name, src / name)
-    build = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation"]
-    proc = subprocess.run(
-        [*build, "--disable-pip-version-check", "-q", "-w", str(out)],
-        cwd=src,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (built,) = out.glob("*.whl")
-    return built
+    """The product wheel, built from a copy of the source tree (once per session, see tests/installed.py)."""
+    return product_wheel(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
-def venv(wheel, tmp_path_factory) -> Path:
-    """A fresh venv outside the repository with the wheel installed and the repository venv's packages
-    importable (see the module docstring); returns its python."""
-    home = tmp_path_factory.mktemp("venv") / "viewer-venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(home)], check=True, timeout=120)
-    python = home / "bin" / "python"
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index"]
-    proc = subprocess.run([*install, "-q", str(wheel)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=clean_env(),
-    ).stdout.strip()
-    (Path(site) / "repo_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return python
+@pytest.fixture(scope="session")
+def venv(tmp_path_factory) -> Path:
+    """The python of the fresh venv with the wheel installed (once per session, see tests/installed.py)."""
+    return installed_python(tmp_path_factory)
 
 
 def test_the_wheel_holds_the_viewer_files_and_not_the_sandbox(wheel):

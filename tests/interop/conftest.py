@@ -13,6 +13,10 @@ The viewer's client stays read-only, as it would be registered at a real EHR.
 ``sekmet_organisations`` starts THREE servers at once (a GP practice, a hospital and a community trust), each
 its own process with the same two clients registered and no data: ``tests/interop/synthea_split.py`` loads
 them. The single-server ``sekmet`` fixture is unchanged.
+
+``installed_python`` is the product wheel installed in a fresh venv (``tests/installed.py``, made once per
+session and shared with ``tests/test_packaging.py``): the three organisations test runs that viewer. When a
+test fails, the log of any installed viewer among its fixtures is added to the failure report.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
 from launch.keys import generate_keyset, public_jwks
+from tests import installed
 
 ROOT = Path(__file__).resolve().parents[2]
 SEKMET_BIN = ROOT / ".venv-sekmet" / "bin" / "sekmet"
@@ -72,6 +77,26 @@ class Sekmet:
     patient_nhs_number: str  # identifier value under https://fhir.nhs.uk/Id/nhs-number
     observation_count: int  # Observations loaded for that patient
     pid: int  # the sekmet server process
+
+
+# ---------------------------------------------------------------- the installed viewer
+
+
+@pytest.fixture(scope="session")
+def installed_python(tmp_path_factory) -> Path:
+    """The python of the fresh venv with the product wheel installed (once per session)."""
+    return installed.installed_python(tmp_path_factory)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test (or its fixture's teardown) shows the installed viewer's log: its output is the only
+    account of what the viewer did, and ``--show-capture=no`` would hide a captured section."""
+    report = yield
+    if report.failed and hasattr(report.longrepr, "addsection"):
+        for title, text in installed.failure_sections(item):
+            report.longrepr.addsection(title, text)
+    return report
 
 
 # ---------------------------------------------------------------- settings and process

@@ -6,6 +6,15 @@ with deliberate cross-organisation duplicates (``synthea_split.py``); the viewer
 generic-SMART GP bound to the GP's sekmet server; every section's rows and per-organisation attribution
 compared with counts worked out independently from the raw bundles (``expected.py``). No count may differ.
 
+The viewer is the INSTALLED one: the product wheel in a fresh venv without the sandbox package
+(``tests/installed.py``, shared with ``tests/test_packaging.py``), started as ``python -m app`` from a
+deployment folder of its own whose one input is the viewer TOML (``SCR_CONFIG``, a clean environment
+otherwise). The sandbox runs in this process from the repository. Everything about the viewer is read over
+HTTP; a failing test shows the viewer's log (``tests/interop/conftest.py``), and it must stop on SIGTERM
+with exit code 0. The clinician, ``dr-haddad``, has her role on her PractitionerRole, and the viewer's TOML
+names no per-EHR default role, so the role shown on the record page came from PractitionerRole (or the
+register).
+
 The steps before the launch (servers, loading, expectations) are tests of their own, so a failure says where.
 """
 
@@ -13,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 from collections import Counter
@@ -25,6 +35,7 @@ from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from tests.conftest import ROOT, LoopbackCookieJar
+from tests.installed import InstalledViewer, start_installed_viewer
 
 from .conftest import NHS_NUMBER_SYSTEM, LoadedOrganisations, SekmetOrganisations
 from .expected import SECTION_TYPES, expect, groups
@@ -33,7 +44,7 @@ from .viewer_rows import READ_SECTIONS, get_page, parse, read_record, read_sourc
 
 FHIR_JSON = "application/fhir+json"
 TIMEOUT = 60
-USER = "dr-patel"  # the sandbox GP's clinician (R8000; B0360 detailed record)
+USER = "dr-haddad"  # the sandbox GP's clinician: R8000 with B0360/B0370 on her PractitionerRole.code
 RECORD_WAIT = 240  # seconds for the viewer to read the largest patient from three servers on 2 cores
 
 
@@ -219,8 +230,8 @@ def test_the_expectation_rule_on_hand_made_cases():
 class Running:
     sandbox_url: str
     viewer_url: str
-    sandbox_app: Flask
-    viewer_app: Flask
+    sandbox_app: Flask  # the sandbox runs in this process, from the repository
+    viewer: InstalledViewer  # the viewer runs from the installed wheel, in a process of its own
     viewer_config: Path
 
 
@@ -247,14 +258,16 @@ def sandbox_toml(text: str) -> str:
     return text[: head.start()] + block + text[end:]
 
 
-def viewer_toml(servers: SekmetOrganisations, sandbox_url: str, viewer_url: str, workdir: Path) -> str:
-    """Viewer-only tables: the sandbox GP's EHR (generic SMART) bound to the GP's sekmet server, which is read
-    with Backend Services, and the three sekmet servers as the organisations."""
+def viewer_toml(servers: SekmetOrganisations, sandbox_url: str, viewer_url: str) -> str:
+    """What a deployment writes, and all the installed viewer is given: the sandbox GP's EHR (generic SMART)
+    bound to the GP's sekmet server, which is read with Backend Services, and the three sekmet servers as the
+    organisations. Roles come from PractitionerRole or the local register only (no per-EHR default), so a
+    role shown on the record page came from one of them. Relative paths are relative to this file."""
     q = json.dumps
     lines = [
         "[viewer]",
         f"base_url = {q(viewer_url)}",
-        f"keys_file = {q(str(servers.keys_file))}",
+        'keys_file = "keys/viewer.jwks.json"',
         "generate_dev_keys = false",
         "",
         "[[ehr]]",
@@ -265,9 +278,7 @@ def viewer_toml(servers: SekmetOrganisations, sandbox_url: str, viewer_url: str,
         'signing_alg = "RS384"',
         f"source = {q(GP)}",
         'read_with = "backend_services"',
-        'identity_sources = ["practitioner_role", "register", "ehr_default"]',
-        'default_role_code = "R8000"',
-        'default_activity_codes = ["B0360", "B0370"]',
+        'identity_sources = ["practitioner_role", "register"]',
         "",
     ]
     for org in servers:
@@ -284,50 +295,56 @@ def viewer_toml(servers: SekmetOrganisations, sandbox_url: str, viewer_url: str,
             "timeout = 90.0",
             "",
         ]
-    lines += ["[audit]", f"sqlite_path = {q(str(workdir / 'audit.sqlite3'))}", ""]
+    lines += ["[audit]", 'sqlite_path = "var/audit.sqlite3"', ""]
     return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
-def three_org_viewer(synthea_organisations: LoadedOrganisations, tmp_path_factory) -> Running:
-    """The sandbox (GP in generic SMART mode) and the viewer (three sekmet sources), on free loopback ports."""
-    from app import create_app
+def three_org_viewer(synthea_organisations: LoadedOrganisations, installed_python: Path, tmp_path_factory) -> Running:
+    """The sandbox in this process (GP in generic SMART mode) and the viewer installed from the wheel, started
+    as ``python -m app`` from a folder of its own with one TOML file (three sekmet sources), on free ports."""
     from app.config import load_config
     from sandbox import create_sandbox_app
 
     servers = synthea_organisations.servers
     workdir = tmp_path_factory.mktemp("three-orgs")
-    sandbox_srv, viewer_srv = _bind(), _bind()
+    site = workdir / "viewer-site"  # the deployment's folder: viewer.toml, keys/, var/audit.sqlite3, the log
+    (site / "keys").mkdir(parents=True)
+    shutil.copy2(
+        servers.keys_file, site / "keys" / "viewer.jwks.json"
+    )  # private keys: sekmet and the sandbox hold their JWKS
+    sandbox_srv = _bind()
     sandbox_url = f"http://127.0.0.1:{sandbox_srv.server_port}"
-    viewer_url = f"http://127.0.0.1:{viewer_srv.server_port}"
+    try:  # the viewer reads nothing from the sandbox until a launch, so it is started first
+        viewer = start_installed_viewer(installed_python, site, lambda url: viewer_toml(servers, sandbox_url, url))
+    except BaseException:
+        sandbox_srv.server_close()
+        raise
     env = {
         "SANDBOX_URL": sandbox_url,
-        "VIEWER_URL": viewer_url,
+        "VIEWER_URL": viewer.url,
         "SCR_KEYS_FILE": str(servers.keys_file),  # the sandbox registers the same keys for scr-viewer
         "SCR_SYNTHEA_DIR": str(synthea_dir()),
         "SCR_AUDIT_SQLITE": str(workdir / "sandbox-audit.sqlite3"),
     }
     sandbox_file = workdir / "sandbox.toml"
     sandbox_file.write_text(sandbox_toml((ROOT / "sandbox" / "config.toml").read_text()))
-    viewer_file = workdir / "viewer.toml"
-    viewer_file.write_text(viewer_toml(servers, sandbox_url, viewer_url, workdir))
     try:
-        sandbox_app = create_sandbox_app(load_config(sandbox_file, env=env))
-        viewer_app = create_app(load_config(viewer_file, env=env))
+        sandbox_srv.app = create_sandbox_app(load_config(sandbox_file, env=env))
     except BaseException:
         sandbox_srv.server_close()
-        viewer_srv.server_close()
+        viewer.stop()
         raise
-    sandbox_srv.app, viewer_srv.app = sandbox_app, viewer_app
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (sandbox_srv, viewer_srv)]
-    for t in threads:
-        t.start()
+    thread = threading.Thread(target=sandbox_srv.serve_forever, daemon=True)
+    thread.start()
     try:
-        yield Running(sandbox_url, viewer_url, sandbox_app, viewer_app, viewer_file)
+        yield Running(sandbox_url, viewer.url, sandbox_srv.app, viewer, viewer.config)
     finally:
-        for s in (sandbox_srv, viewer_srv):
-            s.shutdown()
-            s.server_close()
+        code = viewer.stop()
+        sandbox_srv.shutdown()
+        sandbox_srv.server_close()
+    # The installed viewer stops cleanly on SIGTERM (its log is added to the report when this fails).
+    assert code == 0, f"the installed viewer exited with {code} on SIGTERM (log: {viewer.log})"
 
 
 def launch(viewer: Running, nhs_number: str) -> tuple[requests.Session, str]:
@@ -383,9 +400,9 @@ def test_every_section_shows_the_expected_rows_and_organisations(
 
     summary = get_page(http, f"{three_org_viewer.viewer_url}/r/{ctx}/")
     opened = summary.find("p", id="launched-from")
-    assert opened is not None and "R8000" in opened.text(), (
-        opened and opened.text()
-    )  # the clinician's role came through
+    # The clinician and her role came through; the TOML lists no per-EHR default, so the role shown came from
+    # her PractitionerRole (or the local register), read by the installed viewer from the generic-SMART EHR.
+    assert opened is not None and "Leila Haddad" in opened.text() and "R8000" in opened.text(), opened and opened.text()
     states = read_sources(http, f"{three_org_viewer.viewer_url}/r/{ctx}")
     # Only the three sekmet servers: the GP's record is read at its sekmet base, not at the sandbox EHR.
     assert states == {o.name: "loaded" for o in servers}, f"{split.name}: organisations {states}"
