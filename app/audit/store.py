@@ -104,9 +104,11 @@ class AuditStore:
             @event.listens_for(engine, "connect")
             def _pragmas(dbapi_conn, _record):
                 cur = dbapi_conn.cursor()
+                # First: without a busy timeout, the journal_mode pragma of a new connection fails at once
+                # ("database is locked") while another connection is writing.
+                cur.execute("PRAGMA busy_timeout=30000")
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=FULL")  # an audit trail must survive power loss (pitfall D1)
-                cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
 
             @event.listens_for(engine, "begin")
