@@ -19,6 +19,11 @@ threads = int(os.environ.get("GUNICORN_THREADS", "16"))  # request threads mostl
 timeout = 60  # a record takes at most the slowest source's deadline (5 s) plus rendering; 60 s is a hang
 graceful_timeout = 30  # SIGTERM: finish in-flight requests, then exit
 keepalive = 5
+# Request size limits (gunicorn answers 400 beyond them; the app itself refuses bodies over 64 KB with 413 and
+# header lines over 8 KB with 431, so the single-process server behaves the same).
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
 max_requests = 5000  # recycle workers now and then: bounds any slow growth of the per-worker caches
 max_requests_jitter = 500
 preload_app = False

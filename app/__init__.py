@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from flask import Flask, g, render_template, request, session
+from werkzeug.exceptions import HTTPException
 
 from .config import Config, load_config
 from .record.catalogue import CATALOGUE, EXPORT_AUDIENCE, Catalogue
@@ -71,6 +72,7 @@ def create_app(config: Config | None = None, catalogue: Catalogue = CATALOGUE) -
     )
     views.init_app(app, catalogue)
     observability.install_operations(app, audit_store=lambda: services(app).audit_store, state_store=lambda: store)
+    security.install_request_limits(app)
     security.install_security_headers(app)
     _install_template_helpers(app)
     _install_request_ids(app)
@@ -166,12 +168,21 @@ def _install_error_pages(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
-        if hasattr(err, "code") and isinstance(getattr(err, "code", None), int) and err.code < 500:
-            return render_template(
-                "viewer/error.html",
-                error=_Plain(err.code, "Request not accepted", "The request could not be handled."),
-                request_id=g.get("request_id"),
-            ), err.code
+        if isinstance(err, HTTPException) and err.code and err.code < 500:
+            title, message = _CLIENT_ERRORS.get(err.code, ("Request not accepted", "The request could not be handled."))
+            log.info("request %s: %s %s", g.get("request_id"), err.code, err.name)
+            resp = app.make_response(
+                (
+                    render_template(
+                        "viewer/error.html", error=_Plain(err.code, title, message), request_id=g.get("request_id")
+                    ),
+                    err.code,
+                )
+            )
+            for name, value in err.get_headers():
+                if name == "Allow":
+                    resp.headers["Allow"] = value
+            return resp
         log.exception("request %s failed", g.get("request_id"))
         return render_template(
             "viewer/error.html",
@@ -180,6 +191,13 @@ def _install_error_pages(app: Flask) -> None:
             ),
             request_id=g.get("request_id"),
         ), 500
+
+
+_CLIENT_ERRORS = {
+    405: ("Request not accepted", "This address does not accept that kind of request."),
+    413: ("Too much data sent", "The form sent more data than the Shared Care Record accepts. Nothing was saved."),
+    431: ("Request not accepted", "The request carried more header data than the Shared Care Record accepts."),
+}
 
 
 class _Plain:

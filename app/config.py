@@ -192,6 +192,7 @@ VIEWER = Table(
         "keys_file": Key(STRING, "../var/keys/viewer.jwks.json"),
         "generate_dev_keys": Key(BOOLEAN, False),
         "secret_key_env": Key(STRING, "SCR_SECRET_KEY"),
+        "metrics_token_env": Key(STRING, "SCR_METRICS_TOKEN"),  # /metrics needs this bearer token when set
         "support_email": Key(STRING, ""),
         "support_phone": Key(STRING, ""),
     },
@@ -400,6 +401,7 @@ class ViewerSettings:
     keys_file: Path
     generate_dev_keys: bool
     secret_key: str | None
+    metrics_token: str | None  # None: /metrics answers only direct loopback requests
     support_email: str
     support_phone: str
 
@@ -589,6 +591,7 @@ def _viewer(d: Mapping[str, Any], base_dir: Path, env: Mapping[str, str]) -> Vie
         keys_file=resolve_path(base_dir, d["keys_file"]),
         generate_dev_keys=d["generate_dev_keys"],
         secret_key=env.get(d["secret_key_env"]) or None,
+        metrics_token=env.get(d["metrics_token_env"]) or None,
         support_email=d["support_email"],
         support_phone=d["support_phone"],
     )

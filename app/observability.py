@@ -1,11 +1,15 @@
 """Operations: health and readiness, Prometheus metrics, structured JSON logs carrying the request id.
 
 Metrics work across gunicorn workers through prometheus_client's multiprocess mode when
-``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn.conf.py sets it up); otherwise per process.
+``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn.conf.py sets it up); otherwise per process. ``/metrics`` is not
+public: with a token configured (``[viewer] metrics_token_env``, default ``SCR_METRICS_TOKEN``) it needs
+``Authorization: Bearer <token>``; without one it answers only direct loopback requests (no proxy header),
+and 404 to everyone else. Log lines never contain a raw CR or LF (a forged log line is one way to hide).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -13,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, abort, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 REQUESTS = Counter("scr_http_requests_total", "HTTP requests served", ["endpoint", "method", "status"])
@@ -55,6 +59,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+def escape_line(text: str) -> str:
+    """One log record, one line: CR and LF (and other line breaks) shown escaped."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n").replace("\u2028", "\\u2028")
+
+
+class PlainFormatter(logging.Formatter):
+    """The human-readable format, with the message escaped onto one line (tracebacks still follow it)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape_line(record.message)
+        return super().formatMessage(record)
+
+
 class RequestIdFilter(logging.Filter):
     """Adds the current request's id to records logged while handling it."""
 
@@ -74,7 +91,7 @@ def configure_logging(json_logs: bool) -> None:
     handler.setFormatter(
         JsonFormatter()
         if json_logs
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+        else PlainFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
     )
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("SCR_LOG_LEVEL", "INFO"))
@@ -84,6 +101,7 @@ def configure_logging(json_logs: bool) -> None:
 def install_operations(app: Flask, audit_store: Callable[[], Any], state_store: Callable[[], Any]) -> None:
     """``audit_store``/``state_store`` return the stores /readyz checks (read at each check, so a test can
     swap one)."""
+
     @app.before_request
     def _start_timer():
         g.started = time.perf_counter()
@@ -119,6 +137,7 @@ def install_operations(app: Flask, audit_store: Callable[[], Any], state_store: 
 
     @app.get("/metrics")
     def metrics():
+        _metrics_allowed(app.config["SCR"].viewer.metrics_token)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
 
@@ -126,3 +145,18 @@ def install_operations(app: Flask, audit_store: Callable[[], Any], state_store: 
             multiprocess.MultiProcessCollector(registry)
             return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
         return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+
+LOOPBACK = ("127.0.0.1", "::1")
+PROXY_HEADERS = ("X-Forwarded-For", "X-Real-Ip", "Forwarded")
+
+
+def _metrics_allowed(token: str | None) -> None:
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            abort(401)
+        return
+    direct = not any(request.headers.get(h) for h in PROXY_HEADERS)
+    if request.remote_addr not in LOOPBACK or not direct:
+        abort(404)  # say nothing about what is here

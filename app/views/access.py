@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from flask import Blueprint, g, redirect, render_template, request, url_for
 
 from app.access.policy import REASON_LABELS, Step
 from app.access.service import AccessError
 from app.pipeline import Look
+from app.security import local_path
 from app.services import services
 from launch.context import LaunchContext
 
@@ -27,10 +26,7 @@ def _look(ctx: LaunchContext) -> Look:
 
 def _next(ctx: LaunchContext) -> str:
     """Only back into this launch's own pages: never an open redirect."""
-    target = request.values.get("next", "")
-    if target.startswith(f"/r/{ctx.id}/") and not urlsplit(target).netloc:
-        return target
-    return url_for("record.home", ctx_id=ctx.id)
+    return local_path(request.values.get("next"), f"/r/{ctx.id}/") or url_for("record.home", ctx_id=ctx.id)
 
 
 def _page(template: str, ctx: LaunchContext, look: Look, error: str | None = None, status=200):
