@@ -36,6 +36,7 @@ CLIENT_AUTH_METHODS = ("private_key_jwt", "client_secret_basic", "none")
 SOURCE_AUTH_METHODS = ("backend_services", "none")
 SOURCE_KINDS = ("gp", "acute", "community", "mental_health", "community_mental_health", "social_care")
 SIGNING_ALGS = ("RS384", "ES384")
+TRUSTED_FACTS = ("care_team", "episodes")  # [[source]] trusted_for: what it may say about other organisations
 READ_WITH = (USER_TOKEN, BACKEND_SERVICES)
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -159,6 +160,10 @@ ACCESS_DEFAULTS: dict[str, Any] = {
     "reason_codes": ("TREAT", "COC", "ETREAT"),
     "break_glass_minutes": 30,
     "break_glass_min_justification": 25,
+    "break_glass_min_words": 3,  # a justification is words: at least this many of two letters or more
+    "break_glass_min_letters": 6,  # ... and at least this many different letters (not one key held down)
+    "encounter_recent_hours": 24,  # a finished launch encounter still counts this long after period.end
+    "refresh_interval_seconds": 30,  # ?refresh=1 fetches again at most this often per launch
     "sensitive_labels": (
         "R",
         "V",
@@ -182,6 +187,10 @@ ACCESS_DEFAULTS: dict[str, Any] = {
 _ACCESS_CHECKS = {
     "break_glass_minutes": at_least(1),
     "break_glass_min_justification": at_least(0),
+    "break_glass_min_words": at_least(0),
+    "break_glass_min_letters": at_least(0),
+    "encounter_recent_hours": at_least(0),
+    "refresh_interval_seconds": at_least(0),
     "register_default_days": at_least(1),
 }
 
@@ -237,6 +246,8 @@ SOURCE = Table(
         "signing_alg": Key(STRING, "RS384", choices=SIGNING_ALGS),
         "timeout": Key(NUMBER, 5.0, check=more_than(0, 120, " seconds")),
         "token_url": Key(STRING, check=absolute_url),  # else smart-configuration, else the CapabilityStatement
+        # Facts this source may state about other organisations (app/access/facts.py); by default only its own.
+        "trusted_for": Key(STRINGS, (), check=each_of(TRUSTED_FACTS)),
     },
     array=True,
     label=("id",),
@@ -253,6 +264,14 @@ AUDIT = Table(
     {
         "database_url": Key(STRING, ""),
         "sqlite_path": Key(STRING, "../var/audit.sqlite3", check=not_empty),
+        # Signed checkpoints of the chain head, outside the database (app/audit/checkpoints.py).
+        "checkpoint_key_file": Key(STRING, ""),  # "": keys/audit-checkpoint.jwks.json beside the SQLite file
+        "checkpoint_file": Key(STRING, ""),  # "": beside the SQLite file (docs/configuration.md)
+        "checkpoint_every_events": Key(INTEGER, 100, check=at_least(1)),
+        "checkpoint_every_minutes": Key(NUMBER, 5.0, check=more_than(0, 1440, " minutes")),
+        "checkpoint_alerts": Key(BOOLEAN, False),
+        # Identical refusals within this many seconds are counted into one summary (app/audit/refusals.py).
+        "refusal_window_seconds": Key(INTEGER, 300, check=at_least(1)),
     },
 )
 ALERTS = Table(
@@ -278,8 +297,29 @@ ACCESS = Table(
     },
     tables=(TRAINING,),
 )
+# How much the viewer reads from the organisations (docs/configuration.md, [limits]; app/record/fetch.py).
+LIMITS = Table(
+    "limits",
+    {
+        "page_mb": Key(NUMBER, 16.0, check=more_than(0, 1024, " MB")),
+        "resources_per_type": Key(INTEGER, 10_000, check=at_least(1)),
+        "resources_per_patient": Key(INTEGER, 50_000, check=at_least(1)),
+        "launch_mb": Key(NUMBER, 100.0, check=more_than(0, 4096, " MB")),
+        "cache_mb": Key(NUMBER, 32.0, check=more_than(0, 65536, " MB")),
+    },
+)
 
-SCHEMA: dict[str, Table] = {t.name: t for t in (VIEWER, EHR, SOURCE, STATE, AUDIT, ALERTS, ACCESS)}
+# How long a browser session lasts (docs/configuration.md, [session]; core/state/session.py).
+SESSION = Table(
+    "session",
+    {
+        "idle_minutes": Key(INTEGER, 15, check=more_than(0, 720, " minutes")),
+        "absolute_hours": Key(INTEGER, 8, check=more_than(0, 12, " hours")),
+        "front_channel_logout": Key(BOOLEAN, True),
+    },
+)
+
+SCHEMA: dict[str, Table] = {t.name: t for t in (VIEWER, EHR, SOURCE, STATE, AUDIT, ALERTS, ACCESS, LIMITS, SESSION)}
 # Top-level tables that are not the viewer's: accepted, left to their owner (sandbox/settings.py).
 FOREIGN_TABLES = ("sandbox",)
 
@@ -418,11 +458,31 @@ class StateSettings:
 class AuditSettings:
     database_url: str | None = None
     sqlite_path: Path = field(default_factory=lambda: Path("var/audit.sqlite3").resolve())  # the file says where
+    checkpoint_key_file: Path | None = None  # None: keys/audit-checkpoint.jwks.json beside the SQLite file
+    checkpoint_file: Path | None = None  # None: beside the SQLite file (see checkpoint_path)
+    checkpoint_every_events: int = 100
+    checkpoint_every_minutes: float = 5.0
+    checkpoint_alerts: bool = False
+    refusal_window_seconds: int = 300
 
     @property
     def url(self) -> str:
         """The SQLAlchemy URL of the audit database: ``database_url``, else the SQLite file."""
         return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+    @property
+    def checkpoint_key_path(self) -> Path:
+        return self.checkpoint_key_file or self.sqlite_path.parent / "keys" / "audit-checkpoint.jwks.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """``checkpoint_file``, else beside the SQLite file (with a database URL: named after its database)."""
+        if self.checkpoint_file is not None:
+            return self.checkpoint_file
+        if self.database_url:
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.database_url.rsplit("/", 1)[-1].split("?")[0]) or "audit"
+            return self.sqlite_path.with_name(f"audit-checkpoints-{name}.jsonl")
+        return self.sqlite_path.with_name(f"{self.sqlite_path.name}.checkpoints.jsonl")
 
 
 @dataclass(frozen=True)
@@ -454,6 +514,10 @@ class AccessSettings:
     reason_codes: tuple[str, ...]  # in the order the reason form offers them
     break_glass_minutes: int
     break_glass_min_justification: int
+    break_glass_min_words: int
+    break_glass_min_letters: int
+    encounter_recent_hours: int
+    refresh_interval_seconds: int
     sensitive_labels: frozenset[str]
     sensitive_codes: frozenset[str]
     register_manager_roles: frozenset[str]  # besides privacy officers, who manage the access register
@@ -464,6 +528,34 @@ class AccessSettings:
     def from_config(cls, raw: Mapping[str, Any] | None, file: str = "[access]") -> AccessSettings:
         """An ``[access]`` table validated on its own (defaults for what it leaves out)."""
         return _access(check_table(dict(raw or {}), ACCESS, file))
+
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """The ``[limits]`` table: how much is read from the organisations (bytes and counts, not the file's MB).
+
+    Defaults against the largest Synthea patient (2,178 entries, 1,432 Observations, 2.2 MB of JSON; a page
+    of 1,000 Observations is about 0.75 MB): a page may be 20x that page, a list 7x that patient's longest,
+    one organisation's record 23x that patient; one launch 45x, shared equally by its organisations (25 MB
+    each of the sandbox's four). Parsed into Python, resources take about 4.6x their JSON size."""
+
+    page_bytes: int = 16 * MB  # one answer (one page) from one organisation
+    resources_per_type: int = 10_000  # one list (e.g. Observations) from one organisation
+    resources_per_patient: int = 50_000  # every list from one organisation, for this patient
+    launch_bytes: int = 100 * MB  # everything one launch receives, shared equally by its organisations
+    cache_bytes: int = 32 * MB  # the per-launch record cache of one process (JSON size of what it keeps)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The ``[session]`` table: when a browser session ends by itself, and whether EHRs may end it."""
+
+    idle_seconds: int = 15 * 60  # a session unused this long ends (shared clinical workstations)
+    absolute_seconds: int = 8 * 3600  # no session lasts longer, however busy
+    front_channel_logout: bool = True  # GET /logout/front-channel (OpenID Connect Front-Channel Logout 1.0)
 
 
 @dataclass(frozen=True)
@@ -477,6 +569,8 @@ class Config:
     access: AccessSettings
     path: Path
     raw: Mapping[str, Any] = field(repr=False)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     def ehr_for_issuer(self, issuer: str) -> EhrRegistration | None:
         """Exact match only: ``iss`` comes from the query string and must be allow-listed (pitfall A8)."""
@@ -566,9 +660,23 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         audit=AuditSettings(
             database_url=v["audit"]["database_url"] or None,
             sqlite_path=resolve_path(path.parent, v["audit"]["sqlite_path"]),
+            checkpoint_key_file=(
+                resolve_path(path.parent, v["audit"]["checkpoint_key_file"])
+                if v["audit"]["checkpoint_key_file"]
+                else None
+            ),
+            checkpoint_file=(
+                resolve_path(path.parent, v["audit"]["checkpoint_file"]) if v["audit"]["checkpoint_file"] else None
+            ),
+            checkpoint_every_events=v["audit"]["checkpoint_every_events"],
+            checkpoint_every_minutes=v["audit"]["checkpoint_every_minutes"],
+            checkpoint_alerts=v["audit"]["checkpoint_alerts"],
+            refusal_window_seconds=v["audit"]["refusal_window_seconds"],
         ),
         alerts=_alerts(v["alerts"], file),
         access=_access(v["access"]),
+        limits=_limits(v["limits"]),
+        session=_session(v["session"], file),
         path=path,
         raw=data,
     )
@@ -667,12 +775,19 @@ def _identity_policy(d: Mapping[str, Any], bound: Source | None, where: str) -> 
     return IdentityPolicy(order=order, default_grant=default, organisation=organisation)
 
 
+@dataclass(frozen=True)
+class SourceSettings(Source):
+    """A ``[[source]]``: launch's Backend Services server, and what the viewer trusts it to say about others."""
+
+    trusted_for: frozenset[str] = frozenset()  # of TRUSTED_FACTS
+
+
 def _source(d: Mapping[str, Any], file: str) -> Source:
     if d["auth"] == "backend_services" and not d["client_id"]:
         raise ConfigError(f"{file}: [[source]] {d['id']!r} backend_services needs a client_id")
     if d["auth"] != "backend_services" and d["token_url"]:
         raise ConfigError(f"{file}: [[source]] {d['id']!r} token_url is set but auth is {d['auth']!r} (no token)")
-    return Source(
+    return SourceSettings(
         id=d["id"],
         name=d["name"],
         ods_code=d["ods_code"],
@@ -684,6 +799,7 @@ def _source(d: Mapping[str, Any], file: str) -> Source:
         signing_alg=d["signing_alg"],
         timeout=d["timeout"],
         token_url=d["token_url"],
+        trusted_for=frozenset(d["trusted_for"]),
     )
 
 
@@ -701,6 +817,26 @@ def _alerts(d: Mapping[str, Any], file: str) -> AlertSettings:
         raise ConfigError(f"{file}: [alerts] webhook_urls {problem}")
     return AlertSettings(
         webhook_urls=urls, timeout=d["timeout"], max_attempts=d["max_attempts"], retry_seconds=d["retry_seconds"]
+    )
+
+
+def _limits(d: Mapping[str, Any]) -> LimitSettings:
+    return LimitSettings(
+        page_bytes=int(d["page_mb"] * MB),
+        resources_per_type=d["resources_per_type"],
+        resources_per_patient=d["resources_per_patient"],
+        launch_bytes=int(d["launch_mb"] * MB),
+        cache_bytes=int(d["cache_mb"] * MB),
+    )
+
+
+def _session(d: Mapping[str, Any], file: str) -> SessionSettings:
+    if d["idle_minutes"] > d["absolute_hours"] * 60:
+        raise ConfigError(f"{file}: [session] idle_minutes must not be longer than absolute_hours")
+    return SessionSettings(
+        idle_seconds=d["idle_minutes"] * 60,
+        absolute_seconds=d["absolute_hours"] * 3600,
+        front_channel_logout=d["front_channel_logout"],
     )
 
 

@@ -8,13 +8,18 @@ before anything is fetched. The decision needs every organisation's answer (an o
 anywhere), so until then a page shows only who is being asked. Facts come from the raw resources, so the
 record is merged once per request, after the decision, with what may not be shown already left out.
 If the audit trail cannot be written, AuditUnavailable refuses the page.
+
+Which organisations hold a record is itself about the patient: a ``Look`` says whether it may be shown
+(``disclose``) — only to users whose decision is, or will be, SHOW, ASK_REASON or BREAK_GLASS. ``?refresh=1``
+fetches again at most once per ``[access] refresh_interval_seconds`` per launch (otherwise the record already
+fetched is served, and ``refresh_note`` says so); every refresh is audited.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.access.policy import Decision, Step, Verdict
+from app.access.policy import Decision, Step, Verdict, discloses_holders
 from app.access.service import AccessService
 from app.audit.trail import AuditTrail
 from app.record.catalogue import Catalogue
@@ -31,6 +36,8 @@ class Look:
     record: ConsolidatedRecord | None = None  # merged when shown; organisations' states only otherwise
     break_glass_until: float | None = None
     gathering: Gathering | None = None
+    disclose: bool = False  # may the organisations' names and states be shown to this user
+    refresh_note: str | None = None  # a refresh asked for too soon: the record already fetched is shown
 
     @property
     def waiting(self) -> bool:
@@ -60,9 +67,7 @@ class RecordPipeline:
             details={"standalone": ctx.standalone, "scope": ctx.scope},
         )
         if self.access.screen(ctx) is None:
-            self.record.gather_early(
-                ctx, request_id, then=lambda g: self.access.prepare(ctx, g.nhs_number, request_id)
-            )
+            self.record.gather_early(ctx, request_id, then=lambda g: self.access.prepare(ctx, g, request_id))
 
     def open(
         self,
@@ -79,19 +84,23 @@ class RecordPipeline:
         if screened is not None:
             self.access.record_decision(ctx, screened, request_id)
             return Look(screened.at(section, self.landing), screened)
-        gathering = self.record.gather(ctx, request_id, refresh=refresh)
-        self.access.prepare(ctx, gathering.nhs_number, request_id)  # alongside the fetch
+        gathering, note = self._gather(ctx, section, request_id, refresh)
+        self.access.prepare(ctx, gathering, request_id)  # alongside the fetch
         gathering.wait(wait)
         if gathering.nhs_number is None:  # nothing is fetched without a valid NHS number: nothing to decide
-            return Look(Verdict(Step.SHOW), None, self.record.merged(gathering), gathering=gathering)
+            return Look(Verdict(Step.SHOW), None, self.record.merged(gathering), gathering=gathering, disclose=True)
         if not gathering.complete:
-            return Look(Verdict(Step.WAIT), None, self.record.progress(gathering), gathering=gathering)
+            disclose = discloses_holders(self.access.foreseen(ctx, gathering))
+            return Look(
+                Verdict(Step.WAIT), None, self.record.progress(gathering), gathering=gathering, disclose=disclose
+            )
         facts = self.access.facts(ctx, gathering, request_id)
         decision = self.access.decide(ctx, facts, gathering.nhs_number, trained=True)  # screen() passed above
         self.access.record_decision(ctx, decision, request_id, gathering, facts)
         verdict = decision.at(section, self.landing)
+        disclose = discloses_holders(decision)
         if verdict.step is not Step.SHOW:
-            return Look(verdict, decision, self.record.progress(gathering), gathering=gathering)
+            return Look(verdict, decision, self.record.progress(gathering), gathering=gathering, disclose=disclose)
         record = self.record.merged(gathering, decision.withholding)
         if audit_as:
             self.trail.record(
@@ -103,10 +112,42 @@ class RecordPipeline:
                 what=f"{section} {what}".strip(),
                 details={"withheld-items": record.withheld},
             )
-        return Look(verdict, decision, record, self.access.break_glass_until(ctx, gathering.nhs_number), gathering)
+        until = self.access.break_glass_until(ctx, gathering.nhs_number)
+        return Look(verdict, decision, record, until, gathering, disclose=disclose, refresh_note=note)
 
-    def progress(self, ctx: LaunchContext, request_id: str) -> ConsolidatedRecord | None:
-        """Each organisation's state (nothing clinical); None when the user is refused on identity alone."""
+    def _gather(self, ctx: LaunchContext, section: str, request_id: str, refresh: bool) -> tuple[Gathering, str | None]:
+        """The launch's gathering; a refresh fetches again only when the last one is old enough. Audited."""
+        if not refresh:
+            return self.record.gather(ctx, request_id), None
+        wait = self.access.refresh_wait(ctx)
+        gathering = self.record.gather(ctx, request_id, refresh=wait == 0)
+        self.trail.record(
+            "view",
+            request_id=request_id,
+            ctx=ctx,
+            patient_nhs=gathering.nhs_number,
+            patient_name=gathering.patient_name,
+            what=f"refresh {section}",
+            description="record fetched again" if wait == 0 else "refresh too soon: the record already fetched served",
+            details={"refresh": "fetched" if wait == 0 else "rate-limited"},
+        )
+        if wait == 0:
+            return gathering, None
+        return gathering, (
+            f"This record was fetched again less than {self.access.rules.refresh_interval_seconds} seconds ago, "
+            f"so it has not been fetched again now. You can refresh again in {max(1, round(wait))} seconds."
+        )
+
+    def progress(self, ctx: LaunchContext, request_id: str) -> Look | None:
+        """Each organisation's state (nothing clinical) and whether this user may see it; None when the user
+        is refused on identity alone."""
         if self.access.screen(ctx) is not None:
             return None
-        return self.record.progress(self.record.gather(ctx, request_id))
+        gathering = self.record.gather(ctx, request_id)
+        record = self.record.progress(gathering)
+        if gathering.nhs_number is None:
+            return Look(Verdict(Step.SHOW), None, record, gathering=gathering, disclose=True)
+        # The names are said only to users whose decision will be SHOW, ASK_REASON or BREAK_GLASS: that is
+        # known before the organisations answer (only identity and "is it the user's own record" refuse).
+        disclose = discloses_holders(self.access.foreseen(ctx, gathering))
+        return Look(Verdict(Step.WAIT), None, record, gathering=gathering, disclose=disclose)

@@ -3,8 +3,8 @@
 Used for the launching EHR's reads (``launch.ehr_client.EhrFhirClient``) and for every organisation's
 reads in the record fan-out (``app.record.fetch.FetchJob``). The token only goes to the reader's own
 base (or, for a pager following ``next`` links, its own origin): any other absolute URL is refused,
-never followed (pitfall F1). HTTP itself (pools, deadline, request id, size limit, the retry of a
-dropped connection) is :func:`core.http.http_get`.
+never followed (pitfall F1). HTTP itself (pools, deadline, request id, size limit, byte budget, the retry
+of a dropped connection) is :func:`core.http.http_get`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ from collections.abc import Callable
 
 import orjson
 
-from .http import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, Malformed, OutboundError, http_get, same_base, same_origin
+from .http import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_TIMEOUT,
+    ByteBudget,
+    Malformed,
+    OutboundError,
+    http_get,
+    same_base,
+    same_origin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +68,9 @@ class FhirReader:
     """Reads from one FHIR server.
 
     ``scope="base"`` accepts only URLs under ``base`` (scheme, host, port and path); ``scope="origin"``
-    accepts any path on the same scheme, host and port (for a pager's ``next`` links).
+    accepts any path on the same scheme, host and port (for a pager's ``next`` links). ``max_bytes`` bounds
+    one answer; ``budget`` (shared with other readers) bounds them all; ``received`` is the size of the last
+    answer's body.
     """
 
     def __init__(
@@ -71,13 +82,15 @@ class FhirReader:
         scope: str = "base",
         timeout: float = DEFAULT_TIMEOUT,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        budget: ByteBudget | None = None,
     ) -> None:
         if scope not in ("base", "origin"):
             raise ValueError(f"scope must be 'base' or 'origin', not {scope!r}")
         self.base = base.rstrip("/")
         self.tokens = tokens
         self.request_id = request_id or str(uuid.uuid4())
-        self.scope, self.timeout, self.max_bytes = scope, timeout, max_bytes
+        self.scope, self.timeout, self.max_bytes, self.budget = scope, timeout, max_bytes, budget
+        self.received = 0
 
     def resolve(self, ref: str) -> str | None:
         """Absolute URL for a reference, or None when it points outside this server."""
@@ -125,6 +138,8 @@ class FhirReader:
             deadline=deadline,
             max_bytes=self.max_bytes,
             request_id=self.request_id,
+            budget=self.budget,
         )
+        self.received = len(resp.body)
         log.info("GET %s -> %s", resp.url, resp.status, extra={"request_id": self.request_id})
         return resp

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,15 +29,16 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as _Urllib3Error
 from urllib3.exceptions import NewConnectionError, ProtocolError
+from urllib3.util import parse_url
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "shared-care-record-viewer/0.1"
 DEFAULT_TIMEOUT = 10.0  # seconds for one GET (connect + answer + body) when no deadline is given
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # a larger response is refused, not read into memory
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024  # a larger response is refused: reading stops there (never read, then checked)
 FETCH_WORKERS = 128  # two launches' first rounds (4 sources × 16 types each) at once per worker
 GET_POOL_MAXSIZE = FETCH_WORKERS  # connections kept per host: the fan-out's concurrency (pitfall H3)
-_CHUNK = 1 << 20  # body reads when the size is not known up front
+_CHUNK = 1 << 20  # the most one read of a body asks for (each read is one receive, so the deadline holds)
 
 
 # ---- pools (one set per process) ------------------------------------------------------------------------
@@ -108,15 +110,29 @@ def http_session() -> requests.Session:
 
 
 def same_origin(url: str, base: str) -> bool:
-    """Scheme, host and port must all match: no downgrade to http, no other host (pitfall F1)."""
+    """Scheme, host and port must all match: no downgrade to http, no other host (pitfall F1).
+
+    A URL with userinfo (``http://127.0.0.1:443@evil/``), a backslash, whitespace or a control character is
+    never the same origin: a legitimate server sends none of them, and they are where URL parsers disagree
+    (``http://evil\\@127.0.0.1/`` is 127.0.0.1 to urllib.parse but evil to urllib3, which would connect
+    there). The host and port must also be the same to urllib3's own parser, the one that connects.
+    """
+    if not isinstance(url, str) or _SUSPICIOUS.search(url):
+        return False
     try:
         u, b = urlsplit(url), urlsplit(base)
-        return (u.scheme, u.hostname, u.port or _default_port(u.scheme)) == (
-            b.scheme,
-            b.hostname,
-            b.port or _default_port(b.scheme),
-        )
-    except ValueError:  # an unparseable port
+        if "@" in u.netloc:
+            return False
+        mine = (u.scheme, u.hostname, u.port or _default_port(u.scheme))
+        if mine != (b.scheme, b.hostname, b.port or _default_port(b.scheme)):
+            return False
+        connects = parse_url(url)
+        return (
+            (connects.scheme or "").lower(),
+            (connects.host or "").lower().strip("[]"),
+            connects.port or _default_port(mine[0]),
+        ) == mine
+    except ValueError:  # an unparseable port (urllib3's LocationParseError is a ValueError too)
         return False
 
 
@@ -128,6 +144,9 @@ def same_base(url: str, base: str) -> bool:
     if any(segment in (".", "..") for segment in path.split("/")):
         return False
     return (path + "/").startswith(prefix)
+
+
+_SUSPICIOUS = re.compile(r"[\\\x00-\x20\x7f]")  # backslash, whitespace and control characters
 
 
 def _default_port(scheme: str) -> int:
@@ -161,12 +180,49 @@ class ResponseTooLarge(OutboundError):
         self.limit = limit
 
 
+class BudgetExhausted(OutboundError):
+    """The caller's :class:`ByteBudget` (e.g. one launch's total) ran out; reading stopped there."""
+
+    def __init__(self, url: str, limit: int) -> None:
+        super().__init__(url, f"GET {url} failed: the byte budget of {limit} bytes is spent")
+        self.limit = limit
+
+
 class Malformed(OutboundError):
     """The body could not be decoded or parsed."""
 
 
 class _Dropped(Exception):
     """Internal: the connection broke before a complete answer arrived (retried once)."""
+
+
+# ---- a byte budget shared by many GETs -----------------------------------------------------------------------
+
+
+class ByteBudget:
+    """Bytes that several GETs (e.g. every read of one launch) may receive between them, charged as they arrive.
+
+    A declared ``Content-Length`` is charged before the body is read; otherwise each chunk is charged as it is
+    received. The total received never passes ``limit`` by more than one chunk per GET in flight.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def left(self) -> int:
+        return max(self.limit - self.used, 0)
+
+    def take(self, n: int) -> bool:
+        """Charge ``n`` bytes; False (and nothing charged) when that would pass the limit."""
+        with self._lock:
+            if self.used + n > self.limit:
+                self.used = self.limit  # spent: a smaller later answer must not slip in after a refused one
+                return False
+            self.used += n
+            return True
 
 
 # ---- one GET ---------------------------------------------------------------------------------------------------
@@ -189,10 +245,14 @@ def http_get(
     deadline: float | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     request_id: str | None = None,
+    budget: ByteBudget | None = None,
 ) -> Response:
     """GET ``url`` (plus ``params``) and read the whole body; any HTTP status is returned, not raised.
 
-    ``deadline`` is a ``time.time()`` instant that caps ``timeout``. A connection that breaks before the
+    ``deadline`` is a ``time.time()`` instant that caps ``timeout``, for the body too: it is read one receive at
+    a time with the socket's timeout set to what is left, so a server trickling bytes cannot hold the caller
+    past it. More than ``max_bytes`` (or more than ``budget`` has left) raises as soon as it arrives; the rest
+    is never read. A connection that breaks before the
     answer is complete (typically a pooled keep-alive connection the server closed while idle) is retried
     once on a fresh connection; a refused connection or a timeout is not retried.
     """
@@ -208,7 +268,7 @@ def http_get(
         if remaining <= 0.01:
             raise TimedOut(url, f"GET {url} failed: timed out")
         try:
-            return _attempt(full_url, url, sent, remaining, end, max_bytes)
+            return _attempt(full_url, url, sent, remaining, end, max_bytes, budget)
         except _Dropped as exc:
             if attempt == 2:
                 raise Unreachable(url, f"GET {url} failed: connection broken twice ({exc})") from exc.__cause__
@@ -216,7 +276,9 @@ def http_get(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _attempt(full_url: str, url: str, headers: dict, remaining: float, end: float, max_bytes: int) -> Response:
+def _attempt(
+    full_url: str, url: str, headers: dict, remaining: float, end: float, max_bytes: int, budget: ByteBudget | None
+) -> Response:
     try:
         resp = http_pool().request(
             "GET",
@@ -236,7 +298,7 @@ def _attempt(full_url: str, url: str, headers: dict, remaining: float, end: floa
     except (_Urllib3Error, OSError) as exc:  # TLS failures, unparseable URLs
         raise Unreachable(url, f"GET {url} failed: {exc.__class__.__name__}") from exc
     try:
-        body = _read_body(resp, url, max_bytes, end)
+        body = _read_body(resp, url, max_bytes, end, budget)
     except urllib3.exceptions.TimeoutError as exc:
         raise TimedOut(url, f"GET {url} failed: timed out") from exc
     except ProtocolError as exc:
@@ -250,30 +312,42 @@ def _attempt(full_url: str, url: str, headers: dict, remaining: float, end: floa
     return Response(url=full_url, status=resp.status, headers=resp.headers, body=body)
 
 
-def _read_body(resp: urllib3.BaseHTTPResponse, url: str, max_bytes: int, end: float) -> bytes:
-    """The whole body, or :class:`ResponseTooLarge` as soon as more than ``max_bytes`` arrive."""
+def _read_body(
+    resp: urllib3.BaseHTTPResponse, url: str, max_bytes: int, end: float, budget: ByteBudget | None = None
+) -> bytes:
+    """The whole body, or :class:`ResponseTooLarge` / :class:`BudgetExhausted` as soon as too much arrives.
+
+    Read one receive at a time (``read1``) with the socket's timeout cut to what is left before ``end``: a
+    body trickled a byte at a time stops at the deadline, not after it.
+    """
     length = resp.headers.get("Content-Length")
     declared = int(length) if length and length.isdigit() else None
     if declared is not None and declared > max_bytes:
         _discard(resp)
         raise ResponseTooLarge(url, max_bytes)
-    if declared is not None and not resp.headers.get("Content-Encoding"):
-        body = resp.read()  # the common case: one read of a known, allowed size
-        if len(body) > max_bytes:  # pragma: no cover - http.client stops at Content-Length
-            raise ResponseTooLarge(url, max_bytes)
-        return body
+    exact = declared is not None and not resp.headers.get("Content-Encoding")  # decoded size = declared size
+    if exact and budget is not None and not budget.take(declared):
+        _discard(resp)
+        raise BudgetExhausted(url, budget.limit)
+    sock = getattr(resp.connection, "sock", None)
     chunks, total = [], 0
     while True:
-        chunk = resp.read(min(_CHUNK, max_bytes - total + 1))
+        remaining = end - time.time()
+        if remaining <= 0:
+            _discard(resp)
+            raise TimedOut(url, f"GET {url} failed: timed out while reading")
+        if sock is not None:
+            sock.settimeout(remaining)
+        chunk = resp.read1(min(_CHUNK, max_bytes - total + 1))
         if not chunk:
-            return b"".join(chunks)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         total += len(chunk)
         if total > max_bytes:
             _discard(resp)
             raise ResponseTooLarge(url, max_bytes)
-        if time.time() > end:
+        if not exact and budget is not None and not budget.take(len(chunk)):
             _discard(resp)
-            raise TimedOut(url, f"GET {url} failed: timed out while reading")
+            raise BudgetExhausted(url, budget.limit)
         chunks.append(chunk)
 
 

@@ -17,6 +17,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from flask import current_app
 from joserfc.jwk import KeySet
 
+from core.state.session import SessionEnd
 from core.state.store import KeyValueStore
 
 from .backend import BackendTokens
@@ -46,6 +47,9 @@ class LaunchServices:
     backend: BackendTokens
     on_launch: Callable[[LaunchContext, str], None] | None = None  # e.g. the audit trail; may refuse by raising
     register: RegisterLookup | None = None  # the viewer's local access register (identity source "register")
+    # Told when a browser session that held launch contexts ends (logout, idle, replaced...): e.g. the audit
+    # trail. Arguments: the SessionEnd, the contexts it held, the request id, details for the record.
+    on_session_end: Callable[[SessionEnd, list[LaunchContext], str, dict], None] | None = None
 
     @property
     def redirect_uri(self) -> str:

@@ -8,6 +8,7 @@ and sends the browser — in an embedded panel or a new window — to ``{launch_
 from __future__ import annotations
 
 import secrets
+import time
 from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
@@ -58,8 +59,7 @@ def _check_csrf() -> None:
 def home():
     user = _user()
     if user is None:
-        staff = sorted(_state().dataset.staff.values(), key=lambda s: (s.organisation, s.display_name))
-        return render_template("sandbox/sign_in.html", staff=staff)
+        return _sign_in_page()
     return render_template("sandbox/patients.html", patients=_state().dataset.sorted_patients(), user=user)
 
 
@@ -76,9 +76,22 @@ def sign_in():
 
 @bp.post("/ehr/sign-out")
 def sign_out():
+    """Signs out of the EHR, and (OpenID Connect Front-Channel Logout 1.0) out of the viewer in this browser:
+    the page loads the viewer's front-channel logout URL, with the authorisation server's ``iss``, in an
+    iframe, so the viewer's own cookie goes with the request and its session ends too."""
     _check_csrf()
     session.clear()
-    return redirect(url_for("ehr.home"))
+    settings = _state().settings
+    if not settings.front_channel_logout_url:
+        return redirect(url_for("ehr.home"))
+    sep = "&" if "?" in settings.front_channel_logout_url else "?"
+    logout_url = f"{settings.front_channel_logout_url}{sep}{urlencode({'iss': settings.issuer})}"
+    return _sign_in_page(signed_out=True, logout_urls=[logout_url])
+
+
+def _sign_in_page(**kw) -> str:
+    staff = sorted(_state().dataset.staff.values(), key=lambda s: (s.organisation, s.display_name))
+    return render_template("sandbox/sign_in.html", staff=staff, **kw)
 
 
 @bp.get("/ehr/patient/<nhs_number>")
@@ -115,7 +128,9 @@ def toolbar_launch(nhs_number: str):
 
 @bp.get("/ehr/launch")
 def scripted_launch():
-    """Scripted EHR launch: ``?user=<staff id>&patient=<NHS number>&launch_url=<url>``; signs the user in."""
+    """Scripted EHR launch: ``?user=<staff id>&patient=<NHS number>&launch_url=<url>``; signs the user in.
+    ``&encounter=<id>`` launches in that encounter (any id, even one that does not exist or is another
+    patient's); ``&encounter=current`` in an attendance open now at the user's organisation (created once)."""
     state = _state()
     user = state.dataset.staff.get(request.args.get("user", ""))
     if user is None:
@@ -146,6 +161,8 @@ def _launch(
     patient_id = _local_patient_id(person, org_id)
     if encounter is None:
         encounter = _latest_encounter(org_id, patient_id)
+    elif encounter == "current":
+        encounter = _current_encounter(org_id, patient_id)
     return state.create_launch(
         user_id=user.id,
         org_id=org_id,
@@ -190,6 +207,25 @@ def _latest_encounter(org_id: str, patient_id: str) -> str | None:
         return None
     latest = max(encounters, key=lambda e: (e.get("period") or {}).get("start", ""))
     return latest["id"]
+
+
+def _current_encounter(org_id: str, patient_id: str) -> str:
+    """An attendance in progress now at ``org_id`` for this patient (the one a clinician launches from)."""
+    state = _state()
+    rid = f"{org_id}-enc-current-{patient_id}"
+    with state.lock:
+        state.dataset.stores[org_id].add(  # a no-op when this attendance is open already
+            {
+                "resourceType": "Encounter",
+                "id": rid,
+                "status": "in-progress",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "period": {"start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                "serviceProvider": {"reference": f"Organization/{org_id}"},
+            }
+        )
+    return rid
 
 
 def _launch_redirect(launch: Launch) -> str:

@@ -110,6 +110,8 @@ SANDBOX = Table(
         "access_token_lifetime": Key(INTEGER, 3600, check=at_least(1)),
         "id_token_lifetime": Key(INTEGER, 300, check=at_least(1)),
         "launch_url": Key(STRING, check=absolute_url),  # default: the viewer's base_url + /launch
+        # OpenID Connect Front-Channel Logout: loaded (with ?iss=) by the EHR's sign-out page. Default: none.
+        "front_channel_logout_url": Key(STRING, check=absolute_url),
     },
     tables=(CLIENT, ORGANISATION),
 )
@@ -192,6 +194,7 @@ class SandboxSettings:
     organisations: tuple[Organisation, ...]
     clients: tuple[ClientRegistration, ...]
     fixtures_dir: Path = field(default=Path(__file__).resolve().parent / "fixtures" / "uk")
+    front_channel_logout_url: str | None = None  # the viewer's, loaded by the EHR's sign-out page
 
     @property
     def issuer(self) -> str:
@@ -223,6 +226,7 @@ def sandbox_settings(config: Config) -> SandboxSettings:
         launch_url=v["launch_url"] or f"{config.viewer.base_url}/launch",
         organisations=orgs,
         clients=tuple(_client(c, base_dir) for c in v["client"]),
+        front_channel_logout_url=v["front_channel_logout_url"],
     )
 
 

@@ -139,7 +139,13 @@ INTEGRATION_FIXTURES = frozenset(
 # ``fresh_url`` run on "sqlite" in the fast lane and on "postgresql" in the full suite.
 INTEGRATION_PARAMS = frozenset({"postgresql", "redis"})
 # Folders and modules that need servers or processes without saying so through a fixture.
-INTEGRATION_PATHS = ("tests/e2e/", "tests/interop/", "tests/sandbox/test_serve.py", "tests/test_packaging.py")
+INTEGRATION_PATHS = (
+    "tests/e2e/",
+    "tests/hostile/",
+    "tests/interop/",
+    "tests/sandbox/test_serve.py",
+    "tests/test_packaging.py",
+)
 
 
 def is_integration(item: pytest.Item) -> bool:

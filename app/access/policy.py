@@ -12,13 +12,22 @@ The order matters and is part of the policy:
 3. an active break-glass for this user and patient → permitted (purpose BTG), everything in role;
 4. the patient objected to sharing → break-glass required;
 5. family (RelatedPerson) or colleague (patient is staff at the user's organisation) → break-glass required;
-6. a legitimate relationship (registration, open episode or care team at the user's organisation, an
-   encounter in the launch context) → permitted for TREAT; otherwise a recorded reason is required;
+6. a legitimate relationship → permitted for TREAT; otherwise a recorded reason is required. Relationships
+   are verified facts, never claims taken on trust (``facts.py`` establishes them):
+   - registration: a GP-practice source (kind ``gp``) naming *itself* as the patient's practice;
+   - an open episode or care team held by the user's own organisation's source (or stated by a source the
+     configuration trusts for it: ``[[source]] trusted_for``);
+   - the launch encounter: it exists at the launching EHR, is this patient's, and is current;
 7. sensitive items are withheld unless the role has the sensitive-records activity (or break-glass).
+
+Which organisations hold a record (names and states, on the loading page and ``/progress``) is said only to
+users whose decision is, or will be, SHOW, ASK_REASON or BREAK_GLASS (``discloses_holders``); users refused
+(on identity alone, or because it is their own record) see a neutral "checking" page.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -35,6 +44,7 @@ UNTRAINED = (
 )
 # Pages every user who got past the decision may open whatever their level (no clinical content).
 ALWAYS_OPEN = frozenset({"progress", "access"})
+WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more (any alphabet)
 
 
 class Step(StrEnum):
@@ -316,6 +326,48 @@ def _decide(identity: UserIdentity | None, facts: PatientFacts, overrides: Overr
         "why you are looking before anything is shown.",
         withhold_sensitive=withhold,
     )
+
+
+# The steps after which the user may learn which organisations hold this person's record.
+DISCLOSING_STEPS = frozenset({Step.SHOW, Step.ASK_REASON, Step.BREAK_GLASS})
+
+
+def discloses_holders(decision: Decision | None) -> bool:
+    """May this user see which organisations hold a record (their names and states)?"""
+    return decision is not None and decision.next in DISCLOSING_STEPS
+
+
+def foreseen(
+    identity: UserIdentity | None,
+    is_user: bool,
+    rules: AccessRules,
+    *,
+    standalone: bool = False,
+    trained: bool = True,
+) -> Decision:
+    """The decision from what is known before any organisation answers (the identity, and whether the patient
+    is the user). Facts gathered later can only add a relationship (SHOW) or a reason for break-glass, never a
+    refusal, so ``discloses_holders(foreseen(...))`` already tells the loading page what it may say."""
+    return decide(identity, PatientFacts(is_user=is_user), Overrides(), rules, standalone=standalone, trained=trained)
+
+
+def justification_problem(text: str, rules: AccessRules) -> str | None:
+    """Why a break-glass justification cannot be accepted (plain words), or None. It must be words: enough
+    characters, enough words of two letters or more, and enough different letters."""
+    text = (text or "").strip()
+    words = WORD.findall(text)
+    letters = {c for c in text.casefold() if c.isalpha()}
+    if (
+        len(text) < rules.break_glass_min_justification
+        or len(words) < rules.break_glass_min_words
+        or len(letters) < rules.break_glass_min_letters
+    ):
+        return (
+            f"Write in words why emergency access is needed: at least {rules.break_glass_min_words} words, "
+            f"{rules.break_glass_min_justification} characters or more. For example, say what is happening to the "
+            "patient and why it cannot wait."
+        )
+    return None
 
 
 def is_sensitive(resource: dict, rules: AccessRules) -> bool:

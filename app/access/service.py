@@ -6,31 +6,66 @@ The decision itself is made by ``policy.decide``; this service supplies it with 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import asdict
+
+from sqlalchemy import select
 
 from app.audit.alerts import Alert, AlertBox
 from app.audit.events import now
 from app.audit.trail import AuditTrail
 from app.observability import DECISIONS
 from app.record.service import Gathering
+from app.schema import alerts as alerts_table
 from core.http import fetch_executor
 from core.state import KeyValueStore
 from launch.context import LaunchContext
 from launch.ehr_client import EhrFhirClient
 
-from .facts import is_colleague, patient_facts
-from .policy import REFUSE, AccessRules, Decision, Overrides, PatientFacts, capabilities, decide, screen
+from .facts import (
+    LaunchChecks,
+    is_colleague,
+    patient_facts,
+    practice_references,
+    read_encounter,
+    read_practices,
+)
+from .policy import (
+    REFUSE,
+    AccessRules,
+    Decision,
+    Overrides,
+    PatientFacts,
+    capabilities,
+    decide,
+    foreseen,
+    justification_problem,
+    screen,
+)
 from .training import TrainingRegister
 
+log = logging.getLogger(__name__)
 FACTS_TTL = 300
 PRIVACY_OFFICER = "privacy-officer"
 
 
 class AccessError(ValueError):
-    """A form that cannot be accepted (plain words for the user)."""
+    """A form that cannot be accepted (plain words for the user); ``field``: the form field it is about."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class AlertNotFound(LookupError):
+    """No alert has that id."""
+
+
+class AlertNotAddressed(PermissionError):
+    """The alert is addressed to someone else (a care team), not to privacy officers."""
 
 
 class AccessService:
@@ -47,7 +82,7 @@ class AccessService:
         """``audiences``: page → capability levels that may open it (from the record catalogue)."""
         self.rules, self.audiences, self.store, self.trail = rules, dict(audiences), store, trail
         self.alerts, self.training, self.tokens = alerts, training, tokens
-        self._colleague_checks: dict[str, Future] = {}
+        self._checks: dict[str, dict[str, Future]] = {}  # ctx id → what the launching EHR is being asked
 
     # -- before anything is fetched ---------------------------------------------------------------------
     def screen(self, ctx: LaunchContext) -> Decision | None:
@@ -58,15 +93,57 @@ class AccessService:
         """Only standalone use needs recorded training (one register lookup)."""
         return not ctx.standalone or self.training.attested(ctx.identity.user_id if ctx.identity else None)
 
-    def prepare(self, ctx: LaunchContext, nhs: str | None, request_id: str) -> None:
-        """Ask the user's own system whether the patient is a colleague while the record is being fetched,
-        so the decision does not add a round trip after the last organisation answers."""
-        if not nhs or ctx.id in self._colleague_checks or self.store.get(f"facts:{ctx.id}"):
+    def prepare(self, ctx: LaunchContext, gathering: Gathering, request_id: str) -> None:
+        """Ask the launching EHR, with the user's token, while the record is being fetched (so the decision adds
+        no round trip after the last organisation answers): is the patient a colleague; the launch encounter
+        (does it exist, whose is it, is it current); the Organization the EHR's Patient names as its GP."""
+        nhs = gathering.nhs_number
+        if not nhs or ctx.id in self._checks or self.store.get(f"facts:{ctx.id}"):
             return
         client = EhrFhirClient(self.tokens, ctx.id, ctx.iss, request_id)
-        self._colleague_checks[ctx.id] = fetch_executor().submit(is_colleague, client, nhs, ctx.identity)
-        for key in list(self._colleague_checks)[:-200]:  # bounded: abandoned launches do not accumulate
-            self._colleague_checks.pop(key, None)
+        submit = fetch_executor().submit
+        self._checks[ctx.id] = {
+            "colleague": submit(is_colleague, client, nhs, ctx.identity),
+            "encounter": submit(read_encounter, client, ctx.encounter),
+            "practices": submit(read_practices, client, practice_references(gathering.patient)),
+        }
+        for key in list(self._checks)[:-200]:  # bounded: abandoned launches do not accumulate
+            self._checks.pop(key, None)
+
+    def _launch_checks(self, ctx: LaunchContext) -> LaunchChecks:
+        """The answers to ``prepare``'s questions; one that failed or did not come counts as no relationship."""
+        futures = self._checks.pop(ctx.id, {})
+        answers = {}
+        for name, future in futures.items():
+            try:
+                answers[name] = future.result(timeout=15)
+            except Exception as exc:  # noqa: BLE001 - fail closed: no answer is no relationship
+                log.warning("launch check %s failed: %s", name, exc.__class__.__name__)
+        return LaunchChecks(
+            colleague=bool(answers.get("colleague")),
+            encounter=answers.get("encounter"),
+            practices=answers.get("practices") or {},
+        )
+
+    def foreseen(self, ctx: LaunchContext, gathering: Gathering) -> Decision:
+        """The decision as far as it is known before every organisation has answered (``policy.foreseen``)."""
+        identity = ctx.identity
+        is_user = bool(identity and identity.nhs_number) and identity.nhs_number == gathering.nhs_number
+        return foreseen(identity, is_user, self.rules, standalone=ctx.standalone, trained=self._trained(ctx))
+
+    def refresh_wait(self, ctx: LaunchContext) -> float:
+        """0 when this launch may fetch its record again now (and the refresh is counted); otherwise the seconds
+        until it may: at most one refresh per ``[access] refresh_interval_seconds`` per launch context."""
+        interval = self.rules.refresh_interval_seconds
+        if interval <= 0:
+            return 0
+        key = f"refreshed:{ctx.id}"
+        with self.store.lock(key):
+            last = self.store.get(key)
+            if last:
+                return max(0.001, last["at"] + interval - time.time())
+            self.store.set(key, {"at": time.time()}, ttl=interval)
+        return 0
 
     # -- facts, overrides, the decision -------------------------------------------------------------------
     def facts(self, ctx: LaunchContext, gathering: Gathering, request_id: str) -> PatientFacts:
@@ -74,10 +151,14 @@ class AccessService:
         cached = self.store.get(f"facts:{ctx.id}")
         if cached:
             return PatientFacts(**{k: frozenset(v) if isinstance(v, list) else v for k, v in cached.items()})
-        self.prepare(ctx, gathering.nhs_number, request_id)  # no-op when asked already at the launch
-        future = self._colleague_checks.pop(ctx.id, None)
-        colleague = bool(future.result(timeout=15)) if future is not None else False
-        facts = patient_facts(ctx, gathering.nhs_number, gathering.loaded, colleague)
+        self.prepare(ctx, gathering, request_id)  # no-op when asked already at the launch
+        facts = patient_facts(
+            ctx,
+            gathering.nhs_number,
+            gathering.loaded,
+            checks=self._launch_checks(ctx),
+            recent_hours=self.rules.encounter_recent_hours,
+        )
         self.store.set(
             f"facts:{ctx.id}",
             {k: sorted(v) if isinstance(v, frozenset) else v for k, v in asdict(facts).items()},
@@ -177,10 +258,9 @@ class AccessService:
             )
             raise AccessError("Your role does not include emergency access.")
         text = (justification or "").strip()
-        if len(text) < self.rules.break_glass_min_justification:
-            raise AccessError(
-                f"Write why this access is needed ({self.rules.break_glass_min_justification} characters or more)."
-            )
+        problem = justification_problem(text, self.rules)
+        if problem:
+            raise AccessError(problem, field="justification")
         until = time.time() + self.rules.break_glass_minutes * 60
         event = self.trail.record(
             "break-glass",
@@ -197,12 +277,32 @@ class AccessService:
             {"until": until, "justification": text[:1000]},
             ttl=self.rules.break_glass_minutes * 60,
         )
+        self.trail.break_glass.started(  # its end (expiry or ended) is recorded too: app/audit/refusals.py
+            user=ctx.identity,
+            ctx_id=ctx.id,
+            nhs=nhs,
+            until=until,
+            started_seq=event.seq,
+            access_key=self._bg_key(ctx, nhs),
+            request_id=request_id,
+        )
         self._alert(
             ctx, "break-glass", PRIVACY_OFFICER, nhs, f"used emergency access (break-glass): {text[:300]}", event.seq
         )
         return until
 
     # -- alerts ---------------------------------------------------------------------------------------------
+    def acknowledge_alert(self, alert_id: int, by: str) -> bool:
+        """A privacy officer acknowledges an alert addressed to privacy officers. Raises AlertNotFound for an
+        unknown id and AlertNotAddressed for an alert addressed elsewhere (a care team's)."""
+        with self.alerts.store.engine.connect() as conn:
+            row = conn.execute(select(alerts_table.c.recipient).where(alerts_table.c.id == alert_id)).first()
+        if row is None:
+            raise AlertNotFound(alert_id)
+        if row.recipient != PRIVACY_OFFICER:
+            raise AlertNotAddressed(alert_id)
+        return self.alerts.acknowledge(alert_id, by)
+
     def _bg_key(self, ctx: LaunchContext, nhs: str | None) -> str:
         return f"break-glass:{ctx.identity.user_id if ctx.identity else None}:{nhs}"
 

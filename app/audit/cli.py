@@ -18,10 +18,15 @@ def services():
 
 @audit_cli.command("verify")
 def verify() -> None:
-    """Check every event's hash and link; exit 1 at the first broken one."""
+    """Check every event's hash and link, and the chain against the signed checkpoints; exit 1 if broken."""
     result = services().audit_store.verify()
     if result.ok:
-        click.echo(f"audit trail intact: {result.checked} events verified")
+        click.echo(
+            f"audit trail intact: {result.checked} events verified"
+            + (f", against {result.checkpoints} signed checkpoint(s)" if result.checkpoints else "")
+        )
+        if result.warning:
+            click.echo(f"warning: {result.warning}", err=True)
         return
     click.echo(
         f"audit trail BROKEN at event {result.first_broken}: {result.reason} "
@@ -71,3 +76,26 @@ def outbox(retry_dead: bool, drain: bool, show: str | None) -> None:
                 f"#{row['id']} alert {row['alert_id']} → {redact(row['destination'])}: {row['state']}, "
                 f"{row['attempts']} attempt(s)" + (f", last error: {row['last_error']}" if row["last_error"] else "")
             )
+
+
+@audit_cli.command("checkpoint")
+def checkpoint() -> None:
+    """Sign the chain head now and append it to the checkpoint file (e.g. from cron, besides the automatic ones)."""
+    store = services().audit_store
+    if store.checkpoints is None or not store.checkpoints.enabled:
+        click.echo("no checkpoint key: set [audit] checkpoint_key_file", err=True)
+        sys.exit(1)
+    head = store.head()
+    if head is None:
+        click.echo("the audit trail is empty: nothing to checkpoint")
+        return
+    line = store.checkpoints.write(*head)
+    click.echo(f"checkpoint written to {store.checkpoints.path}: {line['seq']} events, head {line['hash'][:12]}…")
+
+
+@audit_cli.command("refusals")
+@click.option("--all", "everything", is_flag=True, help="Also write the windows still open (before a shutdown).")
+def refusals(everything: bool) -> None:
+    """Write the counted refusals of closed windows (the worker does this every few seconds)."""
+    ledger = services().audit.refusals
+    click.echo(f"{ledger.flush(force=everything)} refusal event(s) written; {ledger.pending()} still counting")

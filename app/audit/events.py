@@ -46,11 +46,16 @@ KINDS = {
         f"{BALP}/IHE.BasicAudit.PatientQuery",
     ),
     "refusal": ((DCM, "110113", "Security Alert"), None, "E", None),
+    # Identical refusals after the first in a window, counted (app/audit/refusals.py): one event per window.
+    "refusal-summary": ((DCM, "110113", "Security Alert"), None, "E", None),
+    # Emergency access ended: expired (recorded at the next request or by the housekeeping worker) or ended.
+    "break-glass-end": ((DCM, "110113", "Security Alert"), (DCM, "110138", "Emergency Override Stopped"), "E", None),
     "error": ((DCM, "110113", "Security Alert"), None, "E", None),
     "privacy-officer": ((REST, "rest", "Restful Operation"), (RESTFUL, "search-type", "search"), "E", None),
     # The access register (app/access/register.py): entries changed, requests submitted and decided.
     "register-change": ((DCM, "110136", "Security Roles Changed"), None, "U", None),
     "access-request": ((DCM, "110137", "User Security Attributes Changed"), None, "E", None),
+    "session-end": ((DCM, "110114", "User Authentication"), (DCM, "110123", "Logout"), "E", None),  # why: details
 }
 OUTCOMES = {"success": "0", "minor-failure": "4", "serious-failure": "8"}
 

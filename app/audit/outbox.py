@@ -296,9 +296,7 @@ class AlertOutbox:
     def _release(self, row_id: int) -> None:
         try:
             with self.store.engine.begin() as conn:
-                conn.execute(
-                    update(alert_outbox).where(self._mine(row_id)).values(claimed_by=None, claimed_until=None)
-                )
+                conn.execute(update(alert_outbox).where(self._mine(row_id)).values(claimed_by=None, claimed_until=None))
         except SQLAlchemyError:
             pass  # the lease ends on its own
 

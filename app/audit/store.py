@@ -4,7 +4,9 @@ Each row stores the AuditEvent JSON, its sequence number, the previous row's has
 (SHA-256 over the previous hash and the canonical JSON). Appends are serialised — SQLite with
 ``BEGIN IMMEDIATE``, PostgreSQL with a transaction-level advisory lock — so there is one chain with no
 gaps or forks, whatever the concurrency. Triggers refuse UPDATE and DELETE. ``verify`` walks the chain
-and reports the first broken link. The same SQLAlchemy code runs on both databases.
+and reports the first broken link, and checks it against the signed checkpoints kept outside the database
+(checkpoints.py), so events deleted from the end are noticed too. The same SQLAlchemy code runs on both
+databases.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.schema import audit_events
+
+from .checkpoints import Checkpoint, CheckpointError, Checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ class VerifyResult:
     checked: int
     first_broken: int | None = None
     reason: str = ""
+    checkpoints: int = 0  # signed checkpoints the chain was checked against
+    warning: str = ""  # e.g. no checkpoint key: a shortened chain would not be noticed
 
 
 def canonical(event_json: dict) -> str:
@@ -74,6 +80,7 @@ class AuditStore:
         self._engine: Engine | None = None
         self._lock = threading.Lock()
         self._pid = None
+        self.checkpoints: Checkpoints | None = None  # set by init_app: signed heads kept outside the database
 
     # -- engine (created lazily: one per process, after fork) ------------------------------------------
     @property
@@ -183,6 +190,8 @@ class AuditStore:
                         hash=digest,
                     )
                 )
+            if self.checkpoints is not None:
+                self.checkpoints.after_append(seq, digest)  # committed: a checkpoint may now cover it
             return StoredEvent(
                 seq,
                 event_json.get("recorded", ""),
@@ -241,7 +250,18 @@ class AuditStore:
             last = rows[-1].seq
 
     def verify(self) -> VerifyResult:
-        """Recompute every hash in order; the first row whose link or hash does not hold is reported."""
+        """Recompute every hash in order; the first row whose link or hash does not hold is reported. Then
+        every signed checkpoint must name an event the chain still holds, with the same hash."""
+        marks: dict[int, list[Checkpoint]] = {}
+        warning = ""
+        if self.checkpoints is not None and self.checkpoints.enabled:
+            try:
+                for mark in self.checkpoints.read():
+                    marks.setdefault(mark.seq, []).append(mark)
+            except CheckpointError as exc:
+                return VerifyResult(False, 0, None, str(exc))
+        elif self.checkpoints is not None:
+            warning = "no checkpoint key ([audit] checkpoint_key_file): events deleted from the end go unnoticed"
         prev, expected_seq, checked = GENESIS, 1, 0
         for item in self.iter_chain():
             if item.seq != expected_seq:
@@ -252,8 +272,31 @@ class AuditStore:
                 return VerifyResult(False, checked, item.seq, "previous-hash link broken")
             if chain_hash(prev, item.seq, item.raw, item.index) != item.hash:
                 return VerifyResult(False, checked, item.seq, "content does not match its hash (altered)")
+            for mark in marks.get(item.seq, ()):
+                if mark.hash != item.hash:
+                    return VerifyResult(
+                        False, checked, item.seq, f"event {item.seq} differs from {mark.name()}: rewritten"
+                    )
             prev, expected_seq, checked = item.hash, expected_seq + 1, checked + 1
-        return VerifyResult(True, checked)
+        beyond = [m for seq in sorted(marks) if seq > checked for m in marks[seq]]
+        if beyond:
+            latest = beyond[-1]
+            return VerifyResult(
+                False,
+                checked,
+                checked + 1,
+                f"the chain was shortened: {latest.name()} counts {latest.seq} events, the chain holds {checked}",
+                len(marks),
+            )
+        return VerifyResult(True, checked, checkpoints=sum(len(v) for v in marks.values()), warning=warning)
+
+    def head(self) -> tuple[int, str] | None:
+        """The newest event's sequence number and hash, or None for an empty chain."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(audit_events.c.seq, audit_events.c.hash).order_by(audit_events.c.seq.desc()).limit(1)
+            ).first()
+        return (row.seq, row.hash) if row else None
 
     def count(self) -> int:
         with self.engine.connect() as conn:

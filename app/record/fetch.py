@@ -5,6 +5,13 @@ shared pools (``core.http``: deadline, size limit, one retry of a dropped connec
 find the patient by NHS number, then search every resource type at once, Observation first (the longest
 paging chains start first), with a large ``_count``. ``next`` links are followed only on the source's
 own scheme, host and port, never in a loop, and never past the source's deadline. Only GET is ever sent.
+
+Reads are bounded (``[limits]``, :class:`app.config.LimitSettings`): one answer is refused past
+``page_bytes`` (reading stops there), a list is cut at ``resources_per_type`` items and one organisation's
+record at ``resources_per_patient``, and what the launch receives is bounded by ``launch_bytes``, shared
+equally by its organisations (so one sending too much cannot starve the others) and charged as the bytes
+arrive. A source that was cut is PARTIAL, never LOADED, and its reasons say in plain words which lists were
+cut.
 """
 
 from __future__ import annotations
@@ -14,9 +21,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import orjson
+
+from app.config import LimitSettings
 from app.observability import SOURCE_LATENCY, SOURCE_OUTCOMES
 from core.fhir_client import BadStatus, FhirReader, NotFhir, OutsideBase, TokenSource
-from core.http import Malformed, OutboundError, ResponseTooLarge, TimedOut, fetch_executor, same_origin
+from core.http import (
+    BudgetExhausted,
+    ByteBudget,
+    Malformed,
+    OutboundError,
+    ResponseTooLarge,
+    TimedOut,
+    fetch_executor,
+    same_origin,
+)
 
 from .match import matching_patients, patient_search
 from .sources import RecordSource
@@ -25,6 +44,9 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
 MAX_PAGES = 100
+
+# Why a list was cut (SourceResult.cuts): each becomes one plain-words reason naming the lists.
+CUT_TYPE, CUT_PATIENT, CUT_LAUNCH, CUT_PAGES = "type", "patient", "launch", "pages"
 
 # What each state means to a clinician: absence of data is never shown as absence of findings.
 LOADED, PARTIAL, NOT_FOUND, FAILED, WAITING = "loaded", "partial", "not-found", "failed", "waiting"
@@ -42,6 +64,9 @@ class SourceResult:
     requests: int = 0
     dropped: int = 0  # entries that were not about this patient (a server ignoring a search parameter)
     fetched_at: str = ""
+    bytes: int = 0  # JSON size of the pages whose resources are kept: what the record cache is bounded by
+    kept: int = 0  # resources kept, every list together (bounded by resources_per_patient)
+    cuts: dict[str, list[str]] = field(default_factory=dict)  # why → the lists cut for that reason (plain words)
 
     @property
     def done(self) -> bool:
@@ -72,14 +97,22 @@ class FetchJob:
         known_patients: dict[str, dict] | None = None,
         types: tuple[str, ...] = (),
         patient_fields: dict[str, str] | None = None,
+        limits: LimitSettings | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
+        """``labels``: each resource type's list in plain words ("results"), for the reasons."""
         self.nhs_number = nhs_number
         self.types = types  # from the record catalogue, longest lists first
         self.patient_fields = patient_fields or {}
         self.known_patients = known_patients or {}  # source id → the Patient the launch already read there
         self.request_id = request_id
         self.tokens = tokens
+        self.limits = limits or LimitSettings()
+        self.labels = labels or {}
         self.results = {s.id: SourceResult(s) for s in sources}
+        # launch_bytes, shared equally: a source sending too much is cut at its share, the others are untouched
+        self.share = self.limits.launch_bytes // max(len(sources), 1)
+        self.budgets = {s.id: ByteBudget(self.share) for s in sources}
         self._lock = threading.Lock()
         self._pending: dict[str, int] = {}
         self._changed = threading.Condition(self._lock)
@@ -150,9 +183,9 @@ class FetchJob:
             self._submit(self._run_type, result, rtype, deadline, token)
 
     def _run_type(self, result: SourceResult, rtype: str, deadline: float, token: str | None) -> None:
-        problem = None
+        problem, size = None, 0
         try:
-            resources = self._search_all(result, rtype, deadline, token)
+            resources, size = self._search_all(result, rtype, deadline, token)
         except SourceProblem as exc:
             problem, resources = exc.reason, []
         except Exception:  # noqa: BLE001
@@ -160,15 +193,43 @@ class FetchJob:
             problem, resources = "could not be read completely because of an unexpected error", []
         with self._changed:
             result.resources[rtype] = resources
+            result.bytes += size
             if problem and problem not in result.reasons:
                 result.reasons.append(problem)
             self._pending[result.source.id] -= 1
             if self._pending[result.source.id] == 0:
+                result.reasons.extend(self._cut_reasons(result))
                 result.state = PARTIAL if result.reasons else LOADED
                 result.finished = time.time()
                 result.fetched_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.finished))
                 _observe(result)
                 self._changed.notify_all()
+
+    def _cut_reasons(self, result: SourceResult) -> list[str]:
+        """One plain-words reason per kind of cut, naming the lists it cut."""
+        limits, out = self.limits, []
+        for why, labels in result.cuts.items():
+            names = sorted(set(labels))
+            lists = _and(names)
+            if why == CUT_TYPE:
+                each = " each" if len(names) > 1 else ""
+                out.append(
+                    f"sent more than the viewer reads: {lists} were cut at {limits.resources_per_type:,} items"
+                    f"{each}; the rest were not read"
+                )
+            elif why == CUT_PATIENT:
+                out.append(
+                    f"sent more than the viewer reads: its record was cut at {limits.resources_per_patient:,} "
+                    f"items in all, so {lists} may be missing items; the rest were not read"
+                )
+            elif why == CUT_LAUNCH:
+                out.append(
+                    f"sent more than the viewer reads from one organisation for one person ({_mb(self.share)}), "
+                    f"so {lists} may be missing items; the rest were not read"
+                )
+            elif why == CUT_PAGES:
+                out.append(f"sent {lists} in more than {MAX_PAGES} pages; the rest were not read")
+        return out
 
     def _finish(self, result: SourceResult, state: str, problem: str | None = None) -> None:
         with self._changed:
@@ -191,35 +252,67 @@ class FetchJob:
             log.warning("request %s: no token for %s: %s", self.request_id, source_id, exc)
             raise SourceProblem("refused the Shared Care Record's credentials", fatal=True) from exc
 
-    def _search_all(self, result: SourceResult, rtype: str, deadline: float, token: str | None) -> list[dict]:
+    def _search_all(
+        self, result: SourceResult, rtype: str, deadline: float, token: str | None
+    ) -> tuple[list[dict], int]:
+        """The list of ``rtype`` for this patient, and the JSON size of the pages it came in.
+
+        Cut (not failed) at the limits: what was read is kept and the cut is recorded in ``result.cuts``."""
         source = result.source
         pid = result.patient["id"]
         url: str | None = f"{source.base_url}/{rtype}"
         params: dict | None = {"patient": pid, "_count": str(PAGE_SIZE)}
         seen: set[str] = set()
         out: list[dict] = []
+        size = 0
+        label = self.labels.get(rtype, rtype)
+        per_type = self.limits.resources_per_type
         for _ in range(MAX_PAGES):
-            bundle = self._get(result, url, params, deadline, token)
+            try:
+                bundle, received = self._get(result, url, params, deadline, token, budgeted=True)
+            except _LaunchSpent:
+                self._cut(result, CUT_LAUNCH, label)
+                return out, size
+            size += received
             for resource in _entries(bundle):
                 if resource.get("resourceType") != rtype:
                     continue
-                if _about_patient(resource, self.patient_fields.get(rtype, "subject"), pid, source.base_url):
-                    out.append(resource)
-                else:
+                if not _about_patient(resource, self.patient_fields.get(rtype, "subject"), pid, source.base_url):
                     with self._lock:
                         result.dropped += 1
-            next_url = next(
-                (link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None
-            )
+                    continue
+                if len(out) >= per_type:
+                    self._cut(result, CUT_TYPE, label)
+                    return out, size
+                if not self._take_one(result):
+                    self._cut(result, CUT_PATIENT, label)
+                    return out, size
+                out.append(resource)
+            next_url = _next_link(bundle)
             if not next_url:
-                return out
+                return out, size
+            if len(out) >= per_type:  # full, and the server says there is more
+                self._cut(result, CUT_TYPE, label)
+                return out, size
             if not same_origin(next_url, source.base_url):
                 raise SourceProblem("sent a link to another server, which was not followed; its list may be incomplete")
             if next_url in seen or next_url == url:
                 raise SourceProblem("kept sending the same page; its list may be incomplete")
             seen.add(next_url)
             url, params = next_url, None
-        raise SourceProblem(f"had more than {MAX_PAGES} pages of {rtype}; the rest was not read")
+        self._cut(result, CUT_PAGES, label)
+        return out, size
+
+    def _take_one(self, result: SourceResult) -> bool:
+        with self._lock:
+            if result.kept >= self.limits.resources_per_patient:
+                return False
+            result.kept += 1
+            return True
+
+    def _cut(self, result: SourceResult, why: str, label: str) -> None:
+        with self._lock:
+            result.cuts.setdefault(why, []).append(label)
 
     def _get(
         self,
@@ -229,11 +322,21 @@ class FetchJob:
         deadline: float,
         token: str | None,
         expect: str = "Bundle",
-    ) -> dict:
-        """One GET through the shared FHIR reader; its typed failures become plain words."""
+        budgeted: bool = False,
+    ):
+        """One GET through the shared FHIR reader; its typed failures become plain words.
+
+        Returns the resource, or with ``budgeted`` (the pager) the resource and its body's size, raising
+        :class:`_LaunchSpent` when the source's share of the launch's bytes runs out (the pager keeps what it
+        read)."""
         remaining = deadline - time.time()
         if remaining <= 0.01:
             raise SourceProblem("did not respond in time")
+        budget = self.budgets[result.source.id]
+        if budget.left <= 0:
+            if budgeted:
+                raise _LaunchSpent
+            raise SourceProblem(self._spent_reason())
         with self._lock:
             result.requests += 1
         source_id = result.source.id
@@ -243,17 +346,26 @@ class FetchJob:
             self.request_id,
             scope="origin",  # next links stay on the source's origin (the pager checks it first)
             timeout=remaining,
+            max_bytes=self.limits.page_bytes,
+            budget=budget,
         )
         try:
-            return reader.get(url, params, expect=expect, deadline=deadline)
+            resource = reader.get(url, params, expect=expect, deadline=deadline)
         except TimedOut as exc:
             raise SourceProblem("did not respond in time") from exc
         except BadStatus as exc:
             if exc.status in (401, 403):
                 raise SourceProblem("refused access to this patient's record") from exc
             raise SourceProblem(f"returned an error (HTTP {exc.status})") from exc
+        except BudgetExhausted as exc:
+            if budgeted:
+                raise _LaunchSpent from exc
+            raise SourceProblem(self._spent_reason()) from exc
         except ResponseTooLarge as exc:
-            raise SourceProblem("sent more data in one answer than the record can accept, so it was not read") from exc
+            raise SourceProblem(
+                f"sent more data in one answer than the viewer accepts ({_mb(self.limits.page_bytes)}), "
+                "so it was not read"
+            ) from exc
         except Malformed as exc:
             raise SourceProblem("returned data that could not be read (malformed)") from exc
         except NotFhir as exc:
@@ -263,6 +375,18 @@ class FetchJob:
             raise SourceProblem(reason) from exc
         except OutboundError as exc:  # no connection, or it broke again after the one retry
             raise SourceProblem("could not be reached") from exc
+        return (resource, reader.received) if budgeted else resource
+
+    @property
+    def received(self) -> int:
+        """Bytes received from every organisation of the launch (at most ``launch_bytes``)."""
+        return sum(b.used for b in self.budgets.values())
+
+    def _spent_reason(self) -> str:
+        return (
+            f"sent more than the viewer reads from one organisation for one person ({_mb(self.share)}), "
+            "so it was not read"
+        )
 
     def _renew(self, source_id: str) -> str | None:
         provider = self.tokens.get(source_id)
@@ -290,6 +414,7 @@ def snapshot_of(result: SourceResult) -> dict:
         "dropped": result.dropped,
         "started": result.started,
         "finished": result.finished,
+        "bytes": result.bytes,
     }
 
 
@@ -305,6 +430,7 @@ def restore(source: RecordSource, data: dict) -> SourceResult:
         requests=data["requests"],
         dropped=data["dropped"],
         fetched_at=data["fetched_at"],
+        bytes=data.get("bytes") or len(orjson.dumps(data["resources"])),
     )
 
 
@@ -313,9 +439,16 @@ def _inline(fn, *args) -> None:
 
 
 def _entries(bundle: dict) -> list[dict]:
+    """The resources of a searchset page; anything not shaped like one is skipped, never trusted."""
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return []
     out = []
-    for entry in bundle.get("entry") or []:
-        if not isinstance(entry, dict) or (entry.get("search") or {}).get("mode") == "outcome":
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        search = entry.get("search")
+        if isinstance(search, dict) and search.get("mode") == "outcome":
             continue
         resource = entry.get("resource")
         if isinstance(resource, dict):
@@ -323,7 +456,33 @@ def _entries(bundle: dict) -> list[dict]:
     return out
 
 
+def _next_link(bundle: dict) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            if not isinstance(url, str):
+                raise SourceProblem("returned data that could not be read (malformed)")
+            return url or None
+    return None
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.3g} MB"
+
+
+class _LaunchSpent(Exception):
+    """Internal: the source's share of the launch's bytes ran out during a pager's read."""
+
+
 def _about_patient(resource: dict, patient_field: str, patient_id: str, base_url: str) -> bool:
     """Servers may ignore search parameters: keep only what is really about this patient."""
-    ref = ((resource.get(patient_field) or {}).get("reference")) or ""
+    field_value = resource.get(patient_field)
+    ref = field_value.get("reference") if isinstance(field_value, dict) else None
     return ref in (f"Patient/{patient_id}", f"{base_url}/Patient/{patient_id}")

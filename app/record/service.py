@@ -3,6 +3,13 @@
 The gathering for a launch context is started once and kept for a short time (the per-launch record
 cache), so every section page, progress poll and export of that launch reuses it. Merging happens once
 per withholding rule, after the access decision: what may not be shown never reaches a row.
+
+The cache is bounded by bytes, not by count: the JSON size of the raw resources each gathering keeps
+(``SourceResult.bytes``), at most ``[limits] cache_mb`` per process, the oldest launch dropped first; the
+newest is always kept (one launch is itself bounded by ``launch_mb``). Parsed resources take about 4.6x
+their JSON size in memory, so the default 32 MB is about 150 MB of Python objects: about 11 launches of the
+largest sandbox patient (~2.8 MB of JSON, ~12.7 MB in memory each, bench/README.md), where the old bound
+of 20 records allowed 20 whatever their size.
 """
 
 from __future__ import annotations
@@ -34,7 +41,6 @@ from .sources import RecordSource, record_sources
 
 log = logging.getLogger(__name__)
 RECORD_TTL = 300  # seconds a fetched record is reused before it is fetched again
-MAX_CACHED_RECORDS = 20  # per worker: bounds memory (~13 MB for the largest sandbox patient)
 
 
 class Withholding(Protocol):
@@ -98,6 +104,11 @@ class Gathering:
         return [r for r in self.results if r.usable]
 
     @property
+    def size(self) -> int:
+        """Approximate bytes kept: the JSON size of every organisation's raw resources (and the Patient)."""
+        return sum(r.bytes for r in self.results) + 2048
+
+    @property
     def patient_name(self) -> str | None:
         return display_name(self.patient.get("name"))
 
@@ -152,6 +163,7 @@ class RecordService:
             if snapshot is not None:
                 with self._lock:
                     self._cache[ctx.id] = snapshot
+                    self._evict()
                 return snapshot
         client = EhrFhirClient(self.tokens, ctx.id, ctx.iss, request_id)
         patient = client.get(f"Patient/{ctx.patient}")  # the launching EHR says who this is
@@ -169,15 +181,30 @@ class RecordService:
                 known_patients=known,
                 types=self.catalogue.fetch_types,
                 patient_fields=self.catalogue.patient_fields,
+                limits=self.config.limits,
+                labels=list_labels(self.catalogue),
             ).start()
         entry = Gathering(time.time(), job, patient, nhs, ctx_id=ctx.id)
         with self._lock:
             self._cache[ctx.id] = entry
-            for key in [k for k, e in self._cache.items() if time.time() - e.created > 4 * RECORD_TTL]:
-                del self._cache[key]
-            while len(self._cache) > MAX_CACHED_RECORDS:  # oldest first: dicts keep insertion order
-                del self._cache[next(iter(self._cache))]
+            self._evict()
         return entry
+
+    def _evict(self) -> None:
+        """Drop expired gatherings, then the oldest until the rest fit ``cache_bytes`` (the newest always stays).
+
+        Called with the lock held, whenever a gathering is added; a gathering still filling counts what it
+        holds so far."""
+        for key in [k for k, e in self._cache.items() if time.time() - e.created > 4 * RECORD_TTL]:
+            del self._cache[key]
+        total = sum(e.size for e in self._cache.values())
+        while len(self._cache) > 1 and total > self.config.limits.cache_bytes:  # oldest first: insertion order
+            total -= self._cache.pop(next(iter(self._cache))).size
+
+    @property
+    def cached_bytes(self) -> int:
+        with self._lock:
+            return sum(e.size for e in self._cache.values())
 
     def progress(self, gathering: Gathering) -> ConsolidatedRecord:
         """Each organisation's state and nothing clinical: for the loading page and refusals."""
@@ -267,6 +294,11 @@ class RecordService:
 
             return TokenSource(lambda: self.backend.token_for(source.config), renew)
         return None
+
+
+def list_labels(catalogue: Catalogue) -> dict[str, str]:
+    """Each fetched resource type's list in plain words ("results", "care plans"), for the completeness banner."""
+    return {t: (s.label or s.name.replace("_", " ")).lower() for s in catalogue.sections for t in s.resource_types}
 
 
 def _source_ref(source: RecordSource, resource: dict) -> SourceRef:

@@ -6,7 +6,7 @@ from flask import Flask, render_template
 
 from app.record.catalogue import Catalogue
 
-from . import access, privacy, record, register
+from . import access, privacy, record, register, session
 
 # Paths under /r/<ctx>/ that are not section pages: a section may not take their name.
 FIXED_RECORD_PATHS = frozenset({"progress", "export.json", "access", "privacy", "register"})
@@ -30,4 +30,4 @@ def init_app(app: Flask, catalogue: Catalogue) -> None:
     app.register_blueprint(access.bp)
     app.register_blueprint(privacy.bp)
     app.register_blueprint(register.bp)
-
+    app.register_blueprint(session.bp)  # logout, the ended page, idle and absolute limits

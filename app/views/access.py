@@ -29,7 +29,8 @@ def _next(ctx: LaunchContext) -> str:
     return local_path(request.values.get("next"), f"/r/{ctx.id}/") or url_for("record.home", ctx_id=ctx.id)
 
 
-def _page(template: str, ctx: LaunchContext, look: Look, error: str | None = None, status=200):
+def _page(template: str, ctx: LaunchContext, look: Look, error: str | None = None, status=200, field=None):
+    """``field``: the form field ``error`` is about (the page links the message to it)."""
     rules = services().access.rules
     decision = look.decision
     return render_template(
@@ -40,8 +41,10 @@ def _page(template: str, ctx: LaunchContext, look: Look, error: str | None = Non
         user=ctx.identity,
         decision=decision,
         error=error,
+        error_field=field,
         reasons=[(c, REASON_LABELS.get(c, c)) for c in rules.reason_codes],
         min_length=rules.break_glass_min_justification,
+        min_words=rules.break_glass_min_words,
         minutes=rules.break_glass_minutes,
         next=_next(ctx),
         section="access",
@@ -76,6 +79,19 @@ def reason(ctx_id: str):
     return _page("access/reason.html", ctx, look)
 
 
+def _refused(ctx: LaunchContext, look: Look, why: str) -> None:
+    """A break-glass attempt that fails validation is a refusal in the trail (one per request, counted)."""
+    services().audit.record(
+        "refusal",
+        request_id=g.request_id,
+        ctx=ctx,
+        patient_nhs=look.record.nhs_number if look.record else None,
+        outcome="minor-failure",
+        description=why[:300],
+        what="break-glass",
+    )
+
+
 @bp.route("/break-glass", methods=["GET", "POST"])
 def break_glass(ctx_id: str):
     ctx = load_context(ctx_id)
@@ -87,6 +103,7 @@ def break_glass(ctx_id: str):
     if request.method == "POST":
         check_csrf()
         if request.form.get("confirm") != "yes":
+            _refused(ctx, look, "break-glass refused: emergency not confirmed")
             return _page(
                 "access/break_glass.html",
                 ctx,
@@ -99,6 +116,7 @@ def break_glass(ctx_id: str):
                 ctx, look.gathering, request.form.get("justification", ""), g.request_id
             )
         except AccessError as exc:
-            return _page("access/break_glass.html", ctx, look, str(exc), 400 if allowed else 403)
+            _refused(ctx, look, f"break-glass refused: {exc}")
+            return _page("access/break_glass.html", ctx, look, str(exc), 400 if allowed else 403, exc.field)
         return redirect(_next(ctx))
     return _page("access/break_glass.html", ctx, look, status=200 if allowed else 403)

@@ -10,20 +10,31 @@ import re
 from flask import Blueprint, Response, abort, g, jsonify, redirect, render_template, request, url_for
 
 from app.access.policy import capabilities
+from app.access.service import AlertNotAddressed, AlertNotFound
 from app.services import services
 from core.nhs_number import is_valid, normalise
 from launch.context import LaunchContext
 
 from .csrf import check_csrf
-from .record import load_context
+from .record import load_context, refused
 
 bp = Blueprint("privacy", __name__, url_prefix="/r/<ctx_id>/privacy")
-ACCESS_KINDS = ("view", "export", "access-decision", "reason-recorded", "break-glass", "refusal")
+ACCESS_KINDS = (
+    "view",
+    "export",
+    "access-decision",
+    "reason-recorded",
+    "break-glass",
+    "break-glass-end",
+    "refusal",
+    "refusal-summary",
+)
 
 
 def _officer(ctx_id: str) -> LaunchContext:
     ctx = load_context(ctx_id)
     if not capabilities(ctx.identity, services().access.rules).privacy_officer:
+        refused(ctx, "privacy pages refused: not a privacy officer", None, request.endpoint or "privacy")
         abort(403, "These pages are for privacy officers.")
     return ctx
 
@@ -47,7 +58,13 @@ def alerts(ctx_id: str):
 def acknowledge(ctx_id: str, alert_id: int):
     ctx = _officer(ctx_id)
     check_csrf()
-    services().alerts.acknowledge(alert_id, (ctx.identity.name if ctx.identity else None) or "privacy officer")
+    by = (ctx.identity.name if ctx.identity else None) or "privacy officer"
+    try:  # only an existing alert, and only one addressed to privacy officers (not a care team's)
+        services().access.acknowledge_alert(alert_id, by)
+    except AlertNotFound:
+        abort(404, "There is no such alert.")
+    except AlertNotAddressed:
+        abort(403, "That alert is addressed to a care team, not to privacy officers.")
     _audit(ctx, f"acknowledged alert {alert_id}")
     return redirect(url_for("privacy.alerts", ctx_id=ctx.id))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import nh3
 from flask import (
@@ -124,7 +125,7 @@ def page_url(ctx: LaunchContext, name: str) -> str:
 
 
 def look_at(ctx: LaunchContext, section: str, wait: float, audit_as: str = "view") -> Look:
-    return services().pipeline.open(
+    look = services().pipeline.open(
         ctx,
         section,
         g.request_id,
@@ -132,6 +133,22 @@ def look_at(ctx: LaunchContext, section: str, wait: float, audit_as: str = "view
         refresh=request.args.get("refresh") == "1",
         audit_as=audit_as,
         what=request.full_path,
+    )
+    g.refresh_note = look.refresh_note  # a refresh asked for too soon: record/_sources.html says so
+    return look
+
+
+def refused(ctx: LaunchContext, why: str, nhs: str | None, section: str) -> None:
+    """Every refused page, fragment and export is in the trail: the request's first refusal (usually the access
+    decision's) is written, identical ones are counted (app/audit/refusals.py)."""
+    services().audit.record(
+        "refusal",
+        request_id=g.request_id,
+        ctx=ctx,
+        patient_nhs=nhs,
+        outcome="minor-failure",
+        description=why[:300],
+        what=section,
     )
 
 
@@ -146,6 +163,7 @@ def act_on(ctx: LaunchContext, look: Look, section: str):
             banner=patient_banner(look.record.patient),
             user=ctx.identity,
             section=section,
+            disclose=look.disclose,  # the organisations' names and states, only for users who may learn them
         )
     if step is Step.ASK_REASON:
         return redirect(url_for("access.reason", ctx_id=ctx.id, next=request.path))
@@ -157,6 +175,7 @@ def act_on(ctx: LaunchContext, look: Look, section: str):
         return redirect(url_for("privacy.alerts", ctx_id=ctx.id))
     if step is Step.GO_TO:
         return redirect(page_url(ctx, look.verdict.target or ""))
+    refused(ctx, f"refused: {look.verdict.basis}", look.record.nhs_number if look.record else None, section)
     return render_template(
         "access/refused.html",
         ctx=ctx,
@@ -202,15 +221,33 @@ def home(ctx_id: str):
 def progress(ctx_id: str):
     """The organisations' state, polled by htmx; tells htmx to reload once everything has arrived."""
     ctx = load_context(ctx_id)
-    record = services().pipeline.progress(ctx, g.request_id)  # states only: nothing clinical
-    if record is None:  # refused on identity alone: nothing is fetched; the page itself says why
+    look = services().pipeline.progress(ctx, g.request_id)  # states only: nothing clinical
+    if look is None:  # refused on identity alone: nothing is fetched; the page itself says why
+        refused(ctx, "progress refused: refused on identity alone", None, "progress")
         resp = Response("")
         resp.headers["HX-Refresh"] = "true"
         return resp
-    resp = Response(render_template("record/_sources.html", record=record, ctx=ctx))
+    record = look.record
+    # Who holds a record is said only to users who may learn it; everyone else sees a neutral "checking".
+    template = "record/_sources.html" if look.disclose else "record/_checking.html"
+    resp = Response(render_template(template, record=record, ctx=ctx))
     if record.complete:
-        resp.headers["HX-Refresh"] = "true"
+        again = _without_refresh(ctx, request.headers.get("HX-Current-URL", ""))
+        if again:  # the page asked for a refresh: reload it without asking for another one
+            resp.headers["HX-Redirect"] = again
+        else:
+            resp.headers["HX-Refresh"] = "true"
     return resp
+
+
+def _without_refresh(ctx: LaunchContext, current: str) -> str | None:
+    """This launch's page at ``current`` without ``refresh=1`` (a local path), when it had one; else None."""
+    parts = urlsplit(current)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not parts.path.startswith(f"/r/{ctx.id}/") or ("refresh", "1") not in query:
+        return None
+    rest = urlencode([(k, v) for k, v in query if k != "refresh"])
+    return parts.path + (f"?{rest}" if rest else "")
 
 
 @bp.get("/<name>")

@@ -20,7 +20,7 @@ from app.services import services
 from launch.context import LaunchContext
 
 from .csrf import check_csrf
-from .record import load_context
+from .record import load_context, refused
 
 bp = Blueprint("register", __name__)
 MANAGE = "/r/<ctx_id>/register"
@@ -110,6 +110,7 @@ def request_sent(ctx_id: str):
 def _manager(ctx_id: str) -> LaunchContext:
     ctx = load_context(ctx_id)
     if not manages_register(ctx.identity, services().access.rules):
+        refused(ctx, "access register refused: does not manage the register", None, request.endpoint or "register")
         abort(403, "These pages are for privacy officers and registration authority staff.")
     return ctx
 

