@@ -344,7 +344,9 @@ class BreakGlassEpisodes:
     ) -> None:
         """Remember an episode; ``access_key``: the state-store key whose presence grants the access."""
         episode = f"{(user.user_id if user else None) or ctx_id}:{nhs}"
-        self._close(episode, "replaced by a new emergency access", self.clock(), request_id)
+        # The same user and patient again: the earlier episode ends here, but its access key is the one just
+        # granted anew, so it must not be removed.
+        self._close(episode, "replaced by a new emergency access", self.clock(), request_id, remove_access=False)
         with self.store.lock(self.INDEX):
             index = self.store.get(self.INDEX) or {"open": {}}
             index["open"][episode] = {
@@ -377,7 +379,7 @@ class BreakGlassEpisodes:
         due = [name for name, ep in index["open"].items() if ep.get("ctx") in wanted]
         return sum(self._close(name, how, self.clock(), request_id) for name in due)
 
-    def _close(self, episode: str, how: str, ended: float, request_id: str | None) -> int:
+    def _close(self, episode: str, how: str, ended: float, request_id: str | None, remove_access: bool = True) -> int:
         with self.store.lock(self.INDEX):
             index = self.store.get(self.INDEX) or {"open": {}}
             ep = index["open"].get(episode)
@@ -402,7 +404,7 @@ class BreakGlassEpisodes:
             )
             del index["open"][episode]
             self.store.set(self.INDEX, index, ttl=30 * 24 * 3600)
-            if how != "expired":
+            if remove_access and how != "expired":
                 self.store.delete(ep["key"])
             return 1
 

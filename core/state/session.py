@@ -148,10 +148,10 @@ class ServerSessionInterface(SessionInterface):
         if session.rotated_from:
             self.store.delete(f"session:{session.rotated_from}")
         if not session:
-            self.store.delete(key)
             if not session.new or session.rotated_from:  # the browser holds a cookie for a session now gone
+                self.store.delete(key)
                 response.delete_cookie(COOKIE_NAME, path="/", secure=True, samesite="None", partitioned=True)
-            return
+            return  # a new, empty session (e.g. /readyz) was never stored: nothing to delete
         now = time.time()
         remaining = session.created + self.absolute_lifetime - now
         ttl = max(1, int(remaining + RETURN_GRACE))

@@ -135,3 +135,29 @@ def test_time_based_checkpoints(tmp_path):
     now[0] += 301
     assert marks.if_stale((3, "c" * 64)) is None  # the head has not moved
     assert marks.if_stale((4, "d" * 64))["seq"] == 4
+
+
+def test_breaking_the_glass_again_keeps_the_new_access_and_ends_the_old_episode():
+    """A second break-glass by the same user for the same patient must not remove the access it just granted."""
+    from app.audit.refusals import BreakGlassEpisodes
+    from core.state.store import MemoryStore
+    from launch.identity import UserIdentity
+
+    store, written = MemoryStore(), []
+    episodes = BreakGlassEpisodes(store, lambda kind, **kw: written.append((kind, kw)))
+    user = UserIdentity("Dr A", sub="a", sds_user_id="555")
+    for seq in (1, 2):
+        store.set("break-glass:555:9991000747", {"until": 9e9}, ttl=60)  # what start_break_glass grants
+        episodes.started(
+            user=user,
+            ctx_id="c",
+            nhs="9991000747",
+            until=9e9,
+            started_seq=seq,
+            access_key="break-glass:555:9991000747",
+            request_id=f"r{seq}",
+        )
+    assert store.get("break-glass:555:9991000747") is not None
+    assert [k for k, _ in written] == ["break-glass-end"]  # the first episode's end, recorded
+    assert episodes.end(user, "c", "9991000747", "r3", how="ended at sign-out")
+    assert store.get("break-glass:555:9991000747") is None  # ending it removes the access
