@@ -59,8 +59,33 @@ def post_fork(server, worker):
     from app.observability import configure_logging
 
     configure_logging(json_logs=os.environ.get("SCR_LOG_FORMAT") == "json")
-    # Parsing FHIR bundles allocates many small objects: collect young generations less often.
-    gc.set_threshold(50_000, 20, 20)
+    if os.environ.get("SCR_GC_LOG"):  # opt-in (bench/launch_bench.py): log this worker's long GC pauses
+        _log_gc_pauses(os.environ["SCR_GC_LOG"], float(os.environ.get("SCR_GC_LOG_MS", "50")))
+
+
+def _log_gc_pauses(path, threshold_ms):
+    """Append ``pid start_epoch_s generation pause_ms`` to ``path`` for every collection of at least
+    ``threshold_ms``, from a ``gc.callbacks`` hook (one short O_APPEND write per logged pause)."""
+    import time
+
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    started = [0.0, 0.0]
+
+    def on_gc(phase, info):
+        if phase == "start":
+            started[0], started[1] = time.time(), time.perf_counter()
+            return
+        ms = (time.perf_counter() - started[1]) * 1000
+        if ms >= threshold_ms:
+            os.write(fd, f"{os.getpid()} {started[0]:.6f} {info['generation']} {ms:.3f}\n".encode())
+
+    gc.callbacks.append(on_gc)
+
+
+def post_worker_init(worker):
+    from app.runtime import tune_gc
+
+    tune_gc()  # after the app is loaded: the same GC settings as python -m app and make run (app/runtime.py)
 
 
 def on_exit(server):

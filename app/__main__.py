@@ -21,6 +21,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from app import create_app
 from app.config import ConfigError, load_config
 from app.observability import configure_logging
+from app.runtime import tune_gc
 from app.startup import check_sources
 
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         check_sources(config)
         app = create_app(config)
+        tune_gc()  # the same GC settings as gunicorn.conf.py and make run (app/runtime.py)
     except ConfigError as exc:
         hint = "" if args.config else " or run python -m app --config FILE"
         print(f"configuration error: {exc}{hint}", file=sys.stderr)

@@ -25,6 +25,7 @@ from app.audit.trail import AuditTrail
 from app.record.catalogue import Catalogue
 from app.record.service import ConsolidatedRecord, Gathering, RecordService
 from launch.context import LaunchContext
+from launch.flow import callback_patient
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,11 @@ class RecordPipeline:
             description=f"launch from {ctx.ehr_name}",
             details={"standalone": ctx.standalone, "scope": ctx.scope},
         )
+        patient = callback_patient(ctx.id)  # read at the callback alongside identity: not read again
         if self.access.screen(ctx) is None:
-            self.record.gather_early(ctx, request_id, then=lambda g: self.access.prepare(ctx, g, request_id))
+            self.record.gather_early(
+                ctx, request_id, then=lambda g: self.access.prepare(ctx, g, request_id), patient=patient
+            )
 
     def open(
         self,

@@ -5,6 +5,10 @@ reads in the record fan-out (``app.record.fetch.FetchJob``). The token only goes
 base (or, for a pager following ``next`` links, its own origin): any other absolute URL is refused,
 never followed (pitfall F1). HTTP itself (pools, deadline, request id, size limit, byte budget, the retry
 of a dropped connection) is :func:`core.http.http_get`.
+
+Logging costs little: a GET answered 200 is a DEBUG line (built only when DEBUG is on: no record, no
+formatting otherwise), any other status an INFO line, and :func:`log_source_reads` is the one INFO line per
+organisation and launch (GETs, resources, bytes, time) that the record service writes when a fetch completes.
 """
 
 from __future__ import annotations
@@ -141,5 +145,28 @@ class FhirReader:
             budget=self.budget,
         )
         self.received = len(resp.body)
-        log.info("GET %s -> %s", resp.url, resp.status, extra={"request_id": self.request_id})
+        level = logging.DEBUG if resp.status == 200 else logging.INFO
+        if log.isEnabledFor(level):  # nothing is built for a level that is off
+            log.log(level, "GET %s -> %s (%d bytes)", resp.url, resp.status, self.received, extra=self._extra)
         return resp
+
+    @property
+    def _extra(self) -> dict:
+        return {"request_id": self.request_id}
+
+
+def log_source_reads(
+    request_id: str, source: str, state: str, *, requests: int, resources: int, received: int, seconds: float
+) -> None:
+    """One INFO line for what one organisation answered in one launch (its GETs are DEBUG lines)."""
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "reads from %s: %s, %d GETs, %d resources, %d bytes in %.0f ms",
+            source,
+            state,
+            requests,
+            resources,
+            received,
+            seconds * 1000,
+            extra={"request_id": request_id},
+        )

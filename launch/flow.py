@@ -9,14 +9,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from flask import current_app
+from flask import current_app, has_app_context
 from joserfc.jwk import KeySet
 
+from core.http import fetch_executor
 from core.state.session import SessionEnd
 from core.state.store import KeyValueStore
 
@@ -36,6 +41,32 @@ log = logging.getLogger(__name__)
 STATE_TTL = 600  # ten minutes to complete sign-in
 
 
+class CallbackReads:
+    """The launching EHR's Patient, read at the callback alongside the identity reads, kept briefly in this
+    process for the record gathering to take once (``callback_patient``): the Patient is read once, and its
+    read does not wait for identity. Bounded: what nobody takes (a refused launch) is dropped."""
+
+    TTL = 120.0
+    MAX = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reads: OrderedDict[str, tuple[float, Future]] = OrderedDict()
+
+    def put(self, ctx_id: str, patient: Future) -> None:
+        with self._lock:
+            self._reads[ctx_id] = (time.monotonic(), patient)
+            while len(self._reads) > self.MAX or (
+                self._reads and time.monotonic() - next(iter(self._reads.values()))[0] > self.TTL
+            ):
+                self._reads.popitem(last=False)
+
+    def take(self, ctx_id: str) -> Future | None:
+        with self._lock:
+            found = self._reads.pop(ctx_id, None)
+        return found[1] if found and time.monotonic() - found[0] <= self.TTL else None
+
+
 @dataclass
 class LaunchServices:
     settings: ClientSettings
@@ -50,6 +81,7 @@ class LaunchServices:
     # Told when a browser session that held launch contexts ends (logout, idle, replaced...): e.g. the audit
     # trail. Arguments: the SessionEnd, the contexts it held, the request id, details for the record.
     on_session_end: Callable[[SessionEnd, list[LaunchContext], str, dict], None] | None = None
+    callback_reads: CallbackReads = field(default_factory=CallbackReads)
 
     @property
     def redirect_uri(self) -> str:
@@ -62,6 +94,15 @@ EXTENSION = "launch"  # where init_app installs LaunchServices on the Flask app
 def services() -> LaunchServices:
     """The running app's SMART client services."""
     return current_app.extensions[EXTENSION]
+
+
+def callback_patient(ctx_id: str) -> Future | None:
+    """The read of the launch's Patient at the launching EHR that the callback started (once; None when there
+    is none: another process, or already taken). Its result is the Patient, or raises what the read raised."""
+    if not has_app_context():
+        return None
+    launch = current_app.extensions.get(EXTENSION)
+    return launch.callback_reads.take(ctx_id) if launch is not None else None
 
 
 def binding_hash(binding: str) -> str:
@@ -148,9 +189,15 @@ def complete(services: LaunchServices, params: dict[str, str], binding: str, req
     )
     services.tokens.save(ctx.id, tokens)
     client = EhrFhirClient(services.tokens, ctx.id, ctx.iss, request_id)
-    ctx.identity = resolve_identity(
-        client, ctx.fhir_user, claims, issuer=ehr.issuer, policy=ehr.identity, register=services.register
-    )
+    # The patient is read alongside the identity reads (one round trip for both), for the record to use.
+    services.callback_reads.put(ctx.id, fetch_executor().submit(client.get, f"Patient/{ctx.patient}"))
+    try:
+        ctx.identity = resolve_identity(
+            client, ctx.fhir_user, claims, issuer=ehr.issuer, policy=ehr.identity, register=services.register
+        )
+    except Exception:
+        services.callback_reads.take(ctx.id)
+        raise
     services.contexts.save(ctx)
     log.info("launch complete: context %s… for %s at %s", ctx.id[:6], claims.get("sub"), ehr.issuer)
     return ctx

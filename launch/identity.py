@@ -14,6 +14,7 @@ each of the others lacked (``tried``) is shown to a user for whom nothing maps.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -39,6 +40,33 @@ JOB_ROLE_SYSTEMS = (
 )
 ACTIVITY_CODE_SYSTEMS = (ACTIVITY_CODE_SYSTEM,)
 STAFF_TYPES = ("Practitioner", "PractitionerRole")
+INCLUDE_PRACTITIONER = "PractitionerRole:practitioner"
+
+
+class _NoInclude:
+    """EHRs (issuers) seen answering a PractitionerRole search with roles but without the ``_include``d
+    Practitioner: they are asked for both at once, in two reads side by side, from then on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._issuers: set[str] = set()
+
+    def __contains__(self, issuer: str) -> bool:
+        with self._lock:
+            return issuer in self._issuers
+
+    def add(self, issuer: str) -> None:
+        with self._lock:
+            if len(self._issuers) > 256:  # only configured EHRs are ever asked
+                self._issuers.clear()
+            self._issuers.add(issuer)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._issuers.clear()
+
+
+NO_INCLUDE = _NoInclude()
 
 
 @dataclass(frozen=True)
@@ -229,22 +257,39 @@ def _reference_type(ref: str | None) -> str | None:
 
 
 def _read_staff(staff: _Staff, client: EhrFhirClient, fhir_user: str, rtype: str | None) -> None:
+    """The user's Practitioner and PractitionerRole(s) in one round trip: a PractitionerRole search with
+    ``_include=PractitionerRole:practitioner``. When the answer lacks the Practitioner (no role, or an EHR that
+    does not include), it is read on its own; an EHR that does not include is then asked for both side by
+    side at later launches."""
+    issuer = client.iss
+    fid = fhir_user.rstrip("/").split("/")[-1]
     if rtype == "PractitionerRole":
-        roles = [client.get(fhir_user)]
+        bundle = client.get("PractitionerRole", {"_id": fid, "_include": INCLUDE_PRACTITIONER})
+        roles = [r for r in _resources(bundle, "PractitionerRole") if r.get("id") == fid] or [client.get(fhir_user)]
         practitioner_ref = (roles[0].get("practitioner") or {}).get("reference")
-        practitioner = client.get(practitioner_ref) if practitioner_ref and client.resolve(practitioner_ref) else None
-    else:
+        pid = practitioner_ref.rstrip("/").split("/")[-1] if practitioner_ref else None
+        practitioner = next((p for p in _resources(bundle, "Practitioner") if pid and p.get("id") == pid), None)
+        if practitioner is None and practitioner_ref and client.resolve(practitioner_ref):
+            if _resources(bundle, "PractitionerRole"):
+                NO_INCLUDE.add(issuer)
+            practitioner = client.get(practitioner_ref)
+    elif issuer in NO_INCLUDE:
         # The Practitioner's id is in the reference: ask for it and its roles at the same time (one round trip).
-        pid = fhir_user.rstrip("/").split("/")[-1]
         with ThreadPoolExecutor(max_workers=2) as pool:
             asked = pool.submit(client.get, fhir_user)
-            bundle = client.get("PractitionerRole", {"practitioner": f"Practitioner/{pid}"})
+            bundle = client.get("PractitionerRole", {"practitioner": f"Practitioner/{fid}"})
             practitioner = asked.result()
-        roles = [
-            e["resource"]
-            for e in bundle.get("entry", [])
-            if e.get("resource", {}).get("resourceType") == "PractitionerRole"
-        ]
+        roles = _resources(bundle, "PractitionerRole")
+    else:
+        bundle = client.get(
+            "PractitionerRole", {"practitioner": f"Practitioner/{fid}", "_include": INCLUDE_PRACTITIONER}
+        )
+        roles = _resources(bundle, "PractitionerRole")
+        practitioner = next((p for p in _resources(bundle, "Practitioner") if p.get("id") == fid), None)
+        if practitioner is None:  # no role to include it from, or an EHR that does not include
+            if roles:
+                NO_INCLUDE.add(issuer)
+            practitioner = client.get(fhir_user)
     staff.roles_read = True
     if practitioner:
         staff.practitioner = f"Practitioner/{practitioner.get('id')}"
@@ -266,6 +311,14 @@ def _read_staff(staff: _Staff, client: EhrFhirClient, fhir_user: str, rtype: str
                     staff.activity_codes.append(code)
         if staff.organisation_ref is None and role.get("organization"):
             staff.organisation_ref = role["organization"]
+
+
+def _resources(bundle: dict, rtype: str) -> list[dict]:
+    return [
+        e["resource"]
+        for e in bundle.get("entry") or []
+        if isinstance(e, dict) and isinstance(e.get("resource"), dict) and e["resource"].get("resourceType") == rtype
+    ]
 
 
 def _role_organisation(client: EhrFhirClient, org: dict | None) -> Organisation | None:

@@ -26,7 +26,16 @@ from launch.scopes import permits
 from .auth_views import oauth_uris, smart_configuration
 from .keys import ACCESS_TOKEN_ALG
 from .state import FhirRequest, SandboxState
-from .store import NON_PATIENT_TYPES, PATIENT_FIELD, SUPPORTED_TYPES, OrgStore, SearchError, reference_id
+from .store import (
+    CHAINED_PATIENT_IDENTIFIER,
+    INCLUDES,
+    NON_PATIENT_TYPES,
+    PATIENT_FIELD,
+    SUPPORTED_TYPES,
+    OrgStore,
+    SearchError,
+    reference_id,
+)
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir/<org_id>")
 
@@ -36,6 +45,25 @@ MAX_COUNT = 1000
 FOREIGN_HOST = "localhost"  # same machine, different origin: a viewer must not follow it
 # Identifiers a generic-mode organisation's Practitioners do not carry (no national directory behind them).
 NATIONAL_STAFF_SYSTEMS = (SDS_USER_SYSTEM, ODS_SYSTEM)
+# Where the organisations that neither advertise nor support chained search are kept (app.extensions): every
+# organisation supports ``patient.identifier`` unless a test turns it off (set_chained_search).
+UNCHAINED = "sandbox_unchained"
+# The `patient` search parameter as this server defines it, contained in its CapabilityStatement: R4 declares
+# the chains a reference parameter supports in SearchParameter.chain, reached from searchParam.definition.
+PATIENT_PARAM_ID = "patient-chain"
+
+
+def set_chained_search(app, org_id: str, supported: bool) -> None:
+    """Turn the chained ``patient.identifier`` search (and its CapabilityStatement declaration) on or off."""
+    off: set[str] = app.extensions.setdefault(UNCHAINED, set())
+    if supported:
+        off.discard(org_id)
+    else:
+        off.add(org_id)
+
+
+def _chaining(org_id: str) -> bool:
+    return org_id not in current_app.extensions.get(UNCHAINED, ())
 
 
 class FhirError(Exception):
@@ -131,7 +159,7 @@ def well_known():
 def metadata():
     state = _state()
     org = state.settings.organisation(g.org_id)
-    store = state.dataset.stores[g.org_id]
+    chained = _chaining(g.org_id)
     return _json(
         {
             "resourceType": "CapabilityStatement",
@@ -165,18 +193,45 @@ def metadata():
                         ],
                     },
                     "resource": [
-                        {
-                            "type": t,
-                            "interaction": [{"code": "read"}, {"code": "search-type"}],
-                            "searchParam": [{"name": "patient", "type": "reference"}] if t in PATIENT_FIELD else [],
-                        }
-                        for t in SUPPORTED_TYPES
-                        if store.count(t) or t == "Patient"
+                        _capability(t, chained)
+                        for t in SUPPORTED_TYPES  # what it searches, held or not
                     ],
                 }
             ],
         }
+        | ({"contained": [_patient_parameter()]} if chained else {})
     )
+
+
+def _capability(rtype: str, chained: bool) -> dict:
+    """One type's entry: its search parameters (``patient`` defined by the contained SearchParameter, whose
+    ``chain`` names ``identifier``, when chained search is on) and the ``_include``s it answers."""
+    entry: dict = {"type": rtype, "interaction": [{"code": "read"}, {"code": "search-type"}]}
+    params: list[dict] = []
+    if rtype in PATIENT_FIELD:
+        patient = {"name": "patient", "type": "reference"}
+        params.append(patient | ({"definition": f"#{PATIENT_PARAM_ID}"} if chained else {}))
+    entry["searchParam"] = params
+    if rtype in INCLUDES:
+        entry["searchInclude"] = list(INCLUDES[rtype])
+    return entry
+
+
+def _patient_parameter() -> dict:
+    return {
+        "resourceType": "SearchParameter",
+        "id": PATIENT_PARAM_ID,
+        "url": f"{_base(g.org_id)}/SearchParameter/{PATIENT_PARAM_ID}",
+        "derivedFrom": "http://hl7.org/fhir/SearchParameter/clinical-patient",
+        "name": "patient",
+        "status": "active",
+        "description": "The patient the resource is about; chains on the Patient's identifier.",
+        "code": "patient",
+        "base": list(PATIENT_FIELD),
+        "type": "reference",
+        "target": ["Patient"],
+        "chain": ["identifier"],
+    }
 
 
 # ---- protected reads and searches -----------------------------------------------------------------
@@ -195,12 +250,17 @@ def search(rtype: str):
     if level == "patient":
         params = _restrict_to_patient(rtype, params)
     try:
-        matches, ignored = store.search(rtype, params, strict=strict)
+        matches, ignored = store.search(rtype, params, strict=strict, chaining=_chaining(g.org_id))
     except SearchError as exc:
         raise FhirError(400, "invalid", str(exc)) from exc
     _note_patient(store, rtype, params, matches)
     matches = _as_served_all(rtype, matches, params)
-    return _json(_searchset(rtype, matches, offset, count, ignored))
+    includes = params.get("_include", [])
+    if includes and strict:
+        unknown = [i for i in includes if i not in INCLUDES.get(rtype, {})]
+        if unknown:
+            raise FhirError(400, "invalid", f"unsupported _include for {rtype}: {', '.join(unknown)}")
+    return _json(_searchset(rtype, matches, offset, count, ignored, store, includes))
 
 
 @bp.get("/<rtype>/<rid>")
@@ -325,7 +385,7 @@ def _in_compartment(resource: dict, patient_id: str | None) -> bool:
 
 def _note_patient(store: OrgStore, rtype: str, params: dict[str, list[str]], matches: list[dict]) -> None:
     """Remember which patient a request concerned, so the inspector can group requests by launch."""
-    for value in params.get("identifier", []):
+    for value in params.get("identifier", []) + params.get(CHAINED_PATIENT_IDENTIFIER, []):
         if value.startswith(f"{NHS_NUMBER_SYSTEM}|"):
             g.nhs_number = value.split("|", 1)[1]
             return
@@ -353,10 +413,23 @@ def _int_param(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _searchset(rtype: str, matches: list[dict], offset: int, count: int, ignored: list[str]) -> dict:
+def _searchset(
+    rtype: str,
+    matches: list[dict],
+    offset: int,
+    count: int,
+    ignored: list[str],
+    store: OrgStore | None = None,
+    includes: list[str] | None = None,
+) -> dict:
     base = _base(g.org_id)
     mode = _state().faults[g.org_id].mode
     page = matches[offset : offset + count]
+    included: list[dict] = []
+    if store is not None and includes:
+        included, unknown = store.included(rtype, page, includes)
+        included = _permitted_includes(included)
+        ignored = [*ignored, *(f"_include={u}" for u in unknown)]
     links = [{"relation": "self", "url": _page_url(base, rtype, offset, count)}]
     if offset + count < len(matches) and count > 0:
         next_offset = offset + count
@@ -368,6 +441,9 @@ def _searchset(rtype: str, matches: list[dict], offset: int, count: int, ignored
         links.append({"relation": "next", "url": url})
     entries = [
         {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}} for r in page
+    ] + [
+        {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "include"}}
+        for r in included
     ]
     if ignored:
         entries.append(
@@ -389,6 +465,18 @@ def _searchset(rtype: str, matches: list[dict], offset: int, count: int, ignored
         "link": links,
         "entry": entries,
     }
+
+
+def _permitted_includes(included: list[dict]) -> list[dict]:
+    """Included resources the token may read, as this organisation serves them; the rest are left out."""
+    claims = g.token_claims or {}
+    out: list[dict] = []
+    for resource in included:
+        rtype = resource["resourceType"]
+        if permits(claims.get("scope", ""), ("patient", "user", "system"), rtype, "r") is None:
+            continue
+        out.extend(_as_served_all(rtype, [resource], {}))
+    return out
 
 
 def _page_url(base: str, rtype: str, offset: int, count: int) -> str:

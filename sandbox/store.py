@@ -38,6 +38,10 @@ PATIENT_FIELD = {
 NON_PATIENT_TYPES = ("Organization", "Practitioner", "PractitionerRole", "Location", "Medication")
 SUPPORTED_TYPES = ("Patient", *PATIENT_FIELD, *NON_PATIENT_TYPES)
 
+# The chained search on the patient's identifier (``Observation?patient.identifier=<system>|<value>``): the
+# resources of every Patient carrying that identifier, in one round trip (no Patient search first).
+CHAINED_PATIENT_IDENTIFIER = "patient.identifier"
+
 # Search parameters each type understands, beyond _id, _count and _offset.
 SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
     "Patient": ("identifier",),
@@ -46,9 +50,13 @@ SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
     "PractitionerRole": ("identifier", "practitioner", "organization"),
     "Location": ("identifier",),
     "Medication": ("identifier",),
-    **{t: ("patient", "subject", "identifier") for t in PATIENT_FIELD},
+    **{t: ("patient", "subject", "identifier", CHAINED_PATIENT_IDENTIFIER) for t in PATIENT_FIELD},
 }
-CONTROL_PARAMS = ("_count", "_offset", "_format")
+# `_include`s each type understands: "<type>:<reference parameter>" → (the element, the type it points at).
+INCLUDES: dict[str, dict[str, tuple[str, str]]] = {
+    "PractitionerRole": {"PractitionerRole:practitioner": ("practitioner", "Practitioner")},
+}
+CONTROL_PARAMS = ("_count", "_offset", "_format", "_include")
 
 
 class SearchError(ValueError):
@@ -119,12 +127,17 @@ class OrgStore:
             out.extend(self._by_type[rtype][rid] for rid in self._by_patient.get((rtype, patient_id), []))
         return out
 
-    def search(self, rtype: str, params: Mapping[str, list[str]], strict: bool = False) -> tuple[list[dict], list[str]]:
+    def search(
+        self, rtype: str, params: Mapping[str, list[str]], strict: bool = False, chaining: bool = True
+    ) -> tuple[list[dict], list[str]]:
         """Run a search; returns the matches and the parameters that were ignored.
 
-        Unknown parameters are ignored (as most servers do, and reported back) unless ``strict``.
+        Unknown parameters are ignored (as most servers do, and reported back) unless ``strict``. Without
+        ``chaining`` the chained ``patient.identifier`` is unknown too (a server that does not support it).
         """
         allowed = SEARCH_PARAMS.get(rtype, ())
+        if not chaining:
+            allowed = tuple(p for p in allowed if p != CHAINED_PATIENT_IDENTIFIER)
         ignored = [p for p in params if p not in allowed and p not in CONTROL_PARAMS and p != "_id"]
         if ignored and strict:
             raise SearchError(f"unsupported search parameter(s) for {rtype}: {', '.join(sorted(ignored))}")
@@ -152,6 +165,12 @@ class OrgStore:
         if name in ("patient", "subject"):
             pid = value.split("/")[-1]
             return list(self._by_patient.get((rtype, pid), []))
+        if name == CHAINED_PATIENT_IDENTIFIER:
+            if "|" not in value:
+                raise SearchError("patient.identifier searches need system|value")
+            system, _, ident = value.partition("|")
+            patients = self._by_identifier.get(("Patient", system, ident), [])
+            return [rid for pid in patients for rid in self._by_patient.get((rtype, pid), [])]
         if name == "identifier":
             if "|" not in value:
                 raise SearchError("identifier searches need system|value")
@@ -166,3 +185,20 @@ class OrgStore:
                 if reference_id((r.get(name) or {}).get("reference"), target) == wanted
             ]
         raise SearchError(f"unsupported search parameter {name}")
+
+    def included(self, rtype: str, page: list[dict], specs: list[str]) -> tuple[list[dict], list[str]]:
+        """``_include``: the resources the page's resources point at, once each and never one already on the
+        page; returns them and the include specs this server does not understand (ignored, reported back)."""
+        known = INCLUDES.get(rtype, {})
+        unknown = [s for s in specs if s not in known]
+        on_page = {(r["resourceType"], r["id"]) for r in page}
+        out: list[dict] = []
+        for spec in dict.fromkeys(s for s in specs if s in known):
+            element, target = known[spec]
+            for resource in page:
+                rid = reference_id((resource.get(element) or {}).get("reference"), target)
+                found = self.read(target, rid) if rid else None
+                if found is not None and (target, rid) not in on_page:
+                    on_page.add((target, rid))
+                    out.append(found)
+        return out, unknown

@@ -6,6 +6,14 @@ find the patient by NHS number, then search every resource type at once, Observa
 paging chains start first), with a large ``_count``. ``next`` links are followed only on the source's
 own scheme, host and port, never in a loop, and never past the source's deadline. Only GET is ever sent.
 
+Round trips, fewest first: a source's first GETs wait only for its token. Where an organisation's
+CapabilityStatement declares the chained search on the patient's identifier (``match.chained_search_types``;
+read at most once an hour per organisation, alongside a Patient search, so it adds no round trip; the launch
+that reads it searches the usual way), its resource searches go out by
+``patient.identifier`` in the same round trip as the Patient search, and what they return is kept only
+when it is about the one Patient that search finds; elsewhere they follow the Patient search. A pager asks
+for its next page before it filters the one it has.
+
 Reads are bounded (``[limits]``, :class:`app.config.LimitSettings`): one answer is refused past
 ``page_bytes`` (reading stops there), a list is cut at ``resources_per_type`` items and one organisation's
 record at ``resources_per_patient``, and what the launch receives is bounded by ``launch_bytes``, shared
@@ -16,6 +24,7 @@ cut.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -37,7 +46,7 @@ from core.http import (
     same_origin,
 )
 
-from .match import matching_patients, patient_search
+from .match import chained_search, chained_search_types, matching_patients, patient_search
 from .sources import RecordSource
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,45 @@ CUT_TYPE, CUT_PATIENT, CUT_LAUNCH, CUT_PAGES = "type", "patient", "launch", "pag
 
 # What each state means to a clinician: absence of data is never shown as absence of findings.
 LOADED, PARTIAL, NOT_FOUND, FAILED, WAITING = "loaded", "partial", "not-found", "failed", "waiting"
+
+FOREIGN_LINK = "sent a link to another server, which was not followed; its list may be incomplete"
+
+# What an organisation's CapabilityStatement says it chains, kept per FHIR base in this process.
+CAPABILITY_TTL = 3600  # seconds a CapabilityStatement read is trusted
+CAPABILITY_RETRY = 300  # after a failed read, or a declared chain refused, no chaining for this long
+CAPABILITY_WAIT = 3.0  # the most one read of /metadata may take (it travels alongside the Patient search)
+CAPABILITY_BYTES = 4 * 1024 * 1024
+
+
+class _Capabilities:
+    """FHIR base → the resource types it searches by ``patient.identifier`` (until an expiry)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[float, frozenset[str]]] = {}
+
+    def get(self, base: str) -> frozenset[str] | None:
+        with self._lock:
+            found = self._known.get(base)
+        return found[1] if found and found[0] > time.time() else None
+
+    def put(self, base: str, types: frozenset[str], ttl: float) -> None:
+        with self._lock:
+            if len(self._known) >= 512:  # only configured organisations are ever read: this never fills
+                self._known.clear()
+            self._known[base] = (time.time() + ttl, types)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._known.clear()
+
+
+CAPABILITIES = _Capabilities()
+
+
+def forget_capabilities() -> None:
+    """Read every organisation's CapabilityStatement again at its next fetch."""
+    CAPABILITIES.clear()
 
 
 @dataclass
@@ -80,9 +128,9 @@ class SourceResult:
 class SourceProblem(Exception):
     """Stops one search (or the whole source) with a plain-words reason."""
 
-    def __init__(self, reason: str, fatal: bool = False) -> None:
+    def __init__(self, reason: str, fatal: bool = False, status: int | None = None) -> None:
         super().__init__(reason)
-        self.reason, self.fatal = reason, fatal
+        self.reason, self.fatal, self.status = reason, fatal, status
 
 
 class FetchJob:
@@ -99,8 +147,10 @@ class FetchJob:
         patient_fields: dict[str, str] | None = None,
         limits: LimitSettings | None = None,
         labels: dict[str, str] | None = None,
+        chaining: bool = True,
     ) -> None:
-        """``labels``: each resource type's list in plain words ("results"), for the reasons."""
+        """``labels``: each resource type's list in plain words ("results"), for the reasons; ``chaining``:
+        use the chained search where an organisation declares it (off: always find the patient first)."""
         self.nhs_number = nhs_number
         self.types = types  # from the record catalogue, longest lists first
         self.patient_fields = patient_fields or {}
@@ -109,12 +159,14 @@ class FetchJob:
         self.tokens = tokens
         self.limits = limits or LimitSettings()
         self.labels = labels or {}
+        self.chaining = chaining
         self.results = {s.id: SourceResult(s) for s in sources}
         # launch_bytes, shared equally: a source sending too much is cut at its share, the others are untouched
         self.share = self.limits.launch_bytes // max(len(sources), 1)
         self.budgets = {s.id: ByteBudget(self.share) for s in sources}
         self._lock = threading.Lock()
-        self._pending: dict[str, int] = {}
+        self._pending: dict[str, int] = {}  # source id → its parts still running (finding the patient, lists)
+        self._settled: dict[str, tuple[str, str | None]] = {}  # source id → its state once those parts end
         self._changed = threading.Condition(self._lock)
         self.started = time.time()
 
@@ -149,11 +201,32 @@ class FetchJob:
         return all(r.done for r in self.results.values())
 
     def _run_source(self, result: SourceResult) -> None:
+        """Find the patient, then read every list. The lists a source chains go out with the Patient search."""
         source = result.source
         deadline = result.started + source.timeout
+        known = self.known_patients.get(source.id)
+        gate = _PatientGate()
+        with self._lock:
+            self._pending[source.id] = 1  # finding the patient; each list adds itself when it starts
+        plain = list(self.types)
+        learning: _Ahead | None = None  # the source's CapabilityStatement, being read for the launches to come
+
+        def settle(state: str, reason: str | None = None) -> None:
+            if learning is not None:
+                learning.result()  # never fails; a source is done only when none of its requests is out
+            self._end(result, gate, state, reason)
+
         try:
             token = self._token(source.id)
-            known = self.known_patients.get(source.id)
+            if known is None and self.chaining and self.types and self._submit is not _inline:
+                chained = CAPABILITIES.get(source.base_url)
+                if chained is None:  # not known yet: read alongside the Patient search (no round trip added)
+                    learning = _Ahead(self._submit, self._read_capabilities, source, deadline, token)
+                else:
+                    plain = [t for t in self.types if t not in chained]
+                    for rtype in self.types:
+                        if rtype in chained:  # in the same round trip as the Patient search
+                            self._start_list(result, rtype, deadline, token, gate, True)
             if known:  # the launching EHR's patient, already read for the launch: no second round trip
                 patients = matching_patients([known], self.nhs_number)
             else:
@@ -161,49 +234,115 @@ class FetchJob:
                 bundle = self._get(result, f"{source.base_url}/Patient", search, deadline, token)
                 patients = matching_patients(_entries(bundle), self.nhs_number)
             if not patients:
-                self._finish(result, NOT_FOUND)
+                settle(NOT_FOUND)
                 return
             if len(patients) > 1:
-                self._finish(result, FAILED, "holds more than one record with this NHS number, so none is shown")
+                settle(FAILED, "holds more than one record with this NHS number, so none is shown")
                 return
             result.patient = patients[0]
         except SourceProblem as problem:
-            self._finish(result, FAILED, problem.reason)
+            settle(FAILED, problem.reason)
             return
         except Exception:  # noqa: BLE001 - one source's bug must not take the record down
             log.exception("request %s: source %s failed", self.request_id, source.id)
-            self._finish(result, FAILED, "could not be read because of an unexpected error")
+            settle(FAILED, "could not be read because of an unexpected error")
             return
-        with self._lock:
-            self._pending[source.id] = len(self.types)
-        if not self.types:
-            self._finish(result, LOADED)
-            return
-        for rtype in self.types:
-            self._submit(self._run_type, result, rtype, deadline, token)
+        gate.open(str(result.patient.get("id")))
+        for rtype in plain:
+            self._start_list(result, rtype, deadline, token, gate, False)
+        if learning is not None:
+            learning.result()
+        self._list_done(result)  # finding the patient was one of the source's pending parts
 
-    def _run_type(self, result: SourceResult, rtype: str, deadline: float, token: str | None) -> None:
-        problem, size = None, 0
+    def _start_list(
+        self, result: SourceResult, rtype: str, deadline: float, token: str | None, gate: _PatientGate, chained: bool
+    ) -> None:
+        with self._lock:
+            self._pending[result.source.id] += 1
+        self._submit(self._run_type, result, rtype, deadline, token, gate, chained)
+
+    def _read_capabilities(self, source: RecordSource, deadline: float, token: str | None) -> frozenset[str]:
+        """Read the source's CapabilityStatement (what it chains) into ``CAPABILITIES``; never raises: any
+        failure means no chaining for a while. The source's own token goes with it (the server's base)."""
+        until = min(deadline, time.time() + CAPABILITY_WAIT)
         try:
-            resources, size = self._search_all(result, rtype, deadline, token)
+            reader = FhirReader(
+                source.base_url,
+                TokenSource(lambda: token, lambda: None),
+                self.request_id,
+                timeout=max(until - time.time(), 0.01),
+                max_bytes=CAPABILITY_BYTES,
+            )
+            types = chained_search_types(reader.get("metadata", expect="CapabilityStatement", deadline=until))
+        except Exception as exc:  # noqa: BLE001 - without the statement the source is read the usual way
+            log.info("request %s: no CapabilityStatement from %s (%s)", self.request_id, source.id, exc)
+            CAPABILITIES.put(source.base_url, frozenset(), CAPABILITY_RETRY)
+            return frozenset()
+        CAPABILITIES.put(source.base_url, types, CAPABILITY_TTL)
+        return types
+
+    def _run_type(
+        self, result: SourceResult, rtype: str, deadline: float, token: str | None, gate: _PatientGate, chained: bool
+    ) -> None:
+        problem, size, resources = None, 0, []
+        try:
+            try:
+                resources, size = self._search_all(result, rtype, deadline, token, gate, chained)
+            except SourceProblem as exc:
+                if not (chained and exc.status == 400):
+                    raise
+                # The chain was declared but refused: search by the patient's id once it is known, and stop
+                # chaining at this organisation for a while.
+                log.info("request %s: %s refused patient.identifier on %s", self.request_id, result.source.id, rtype)
+                CAPABILITIES.put(result.source.base_url, frozenset(), CAPABILITY_RETRY)
+                resources, size = self._search_all(result, rtype, deadline, token, gate, False)
         except SourceProblem as exc:
             problem, resources = exc.reason, []
         except Exception:  # noqa: BLE001
             log.exception("request %s: %s %s failed", self.request_id, result.source.id, rtype)
             problem, resources = "could not be read completely because of an unexpected error", []
+        self._list_done(result, rtype, resources, size, problem)
+
+    def _list_done(
+        self,
+        result: SourceResult,
+        rtype: str | None = None,
+        resources: list[dict] | None = None,
+        size: int = 0,
+        problem: str | None = None,
+    ) -> None:
+        """One of the source's pending parts is over (a list, or finding the patient); the last one settles
+        the source's state, so a source is done only when none of its requests is still out. Nothing is kept
+        from a source settled without a patient (not found there, or failed)."""
+        sid = result.source.id
         with self._changed:
-            result.resources[rtype] = resources
-            result.bytes += size
-            if problem and problem not in result.reasons:
-                result.reasons.append(problem)
-            self._pending[result.source.id] -= 1
-            if self._pending[result.source.id] == 0:
-                result.reasons.extend(self._cut_reasons(result))
-                result.state = PARTIAL if result.reasons else LOADED
-                result.finished = time.time()
-                result.fetched_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.finished))
-                _observe(result)
-                self._changed.notify_all()
+            settled = self._settled.get(sid)
+            if rtype is not None and settled is None:
+                result.resources[rtype] = resources or []
+                result.bytes += size
+                if problem and problem not in result.reasons:
+                    result.reasons.append(problem)
+            self._pending[sid] -= 1
+            if self._pending[sid] > 0:
+                return
+        if settled is not None:
+            self._finish(result, *settled)
+            return
+        with self._changed:
+            result.reasons.extend(self._cut_reasons(result))
+            result.state = PARTIAL if result.reasons else LOADED
+            result.finished = time.time()
+            result.fetched_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.finished))
+            _observe(result)
+            self._changed.notify_all()
+
+    def _end(self, result: SourceResult, gate: _PatientGate, state: str, problem: str | None = None) -> None:
+        """The source is settled without a patient: lists already searching by the chain stop after the page
+        in flight and keep nothing; the source is done when they have stopped."""
+        with self._lock:
+            self._settled[result.source.id] = (state, problem)
+        gate.close()
+        self._list_done(result)
 
     def _cut_reasons(self, result: SourceResult) -> list[str]:
         """One plain-words reason per kind of cut, naming the lists it cut."""
@@ -233,7 +372,7 @@ class FetchJob:
 
     def _finish(self, result: SourceResult, state: str, problem: str | None = None) -> None:
         with self._changed:
-            if problem:
+            if problem and problem not in result.reasons:
                 result.reasons.append(problem)
             result.state = state
             result.finished = time.time()
@@ -253,55 +392,84 @@ class FetchJob:
             raise SourceProblem("refused the Shared Care Record's credentials", fatal=True) from exc
 
     def _search_all(
-        self, result: SourceResult, rtype: str, deadline: float, token: str | None
+        self, result: SourceResult, rtype: str, deadline: float, token: str | None, gate: _PatientGate, chained: bool
     ) -> tuple[list[dict], int]:
         """The list of ``rtype`` for this patient, and the JSON size of the pages it came in.
 
-        Cut (not failed) at the limits: what was read is kept and the cut is recorded in ``result.cuts``."""
+        ``chained``: searched by ``patient.identifier`` before the patient's id here is known; each page is
+        filtered only once the Patient search has found the one patient (nothing is kept if it does not).
+        The next page is asked for before the current one is filtered. Cut (not failed) at the limits: what
+        was read is kept and the cut is recorded in ``result.cuts``."""
         source = result.source
-        pid = result.patient["id"]
-        url: str | None = f"{source.base_url}/{rtype}"
-        params: dict | None = {"patient": pid, "_count": str(PAGE_SIZE)}
+        pid: str | None = None
+        if chained:
+            params: dict | None = {**chained_search(self.nhs_number), "_count": str(PAGE_SIZE)}
+        else:
+            pid = gate.wait(deadline)
+            if pid is None:
+                return [], 0
+            params = {"patient": pid, "_count": str(PAGE_SIZE)}
+        url: str = f"{source.base_url}/{rtype}"
         seen: set[str] = set()
         out: list[dict] = []
         size = 0
         label = self.labels.get(rtype, rtype)
         per_type = self.limits.resources_per_type
-        for _ in range(MAX_PAGES):
-            try:
-                bundle, received = self._get(result, url, params, deadline, token, budgeted=True)
-            except _LaunchSpent:
-                self._cut(result, CUT_LAUNCH, label)
-                return out, size
-            size += received
-            for resource in _entries(bundle):
-                if resource.get("resourceType") != rtype:
-                    continue
-                if not _about_patient(resource, self.patient_fields.get(rtype, "subject"), pid, source.base_url):
-                    with self._lock:
-                        result.dropped += 1
-                    continue
-                if len(out) >= per_type:
+        patient_field = self.patient_fields.get(rtype, "subject")
+        ahead: _Ahead | None = None
+        try:
+            for _ in range(MAX_PAGES):
+                try:
+                    if ahead is not None:
+                        bundle, received = ahead.result()
+                    else:
+                        bundle, received = self._get(result, url, params, deadline, token, budgeted=True)
+                except _LaunchSpent:
+                    self._cut(result, CUT_LAUNCH, label)
+                    return out, size
+                ahead = None
+                size += received
+                next_url = _next_link(bundle)
+                link_problem = None
+                if next_url:
+                    if not same_origin(next_url, source.base_url):
+                        link_problem = FOREIGN_LINK
+                    elif next_url in seen or next_url == url:
+                        link_problem = "kept sending the same page; its list may be incomplete"
+                    elif len(out) < per_type:  # ask now: the next page travels while this one is filtered
+                        seen.add(next_url)
+                        ahead = _Ahead(self._submit, self._get, result, next_url, None, deadline, token, "Bundle", True)
+                if pid is None:
+                    pid = gate.wait(deadline)
+                    if pid is None:  # the patient is not here (or the source failed): keep nothing
+                        return [], 0
+                for resource in _entries(bundle):
+                    if resource.get("resourceType") != rtype:
+                        continue
+                    if not _about_patient(resource, patient_field, pid, source.base_url):
+                        with self._lock:
+                            result.dropped += 1
+                        continue
+                    if len(out) >= per_type:
+                        self._cut(result, CUT_TYPE, label)
+                        return out, size
+                    if not self._take_one(result):
+                        self._cut(result, CUT_PATIENT, label)
+                        return out, size
+                    out.append(resource)
+                if not next_url:
+                    return out, size
+                if len(out) >= per_type:  # full, and the server says there is more
                     self._cut(result, CUT_TYPE, label)
                     return out, size
-                if not self._take_one(result):
-                    self._cut(result, CUT_PATIENT, label)
-                    return out, size
-                out.append(resource)
-            next_url = _next_link(bundle)
-            if not next_url:
-                return out, size
-            if len(out) >= per_type:  # full, and the server says there is more
-                self._cut(result, CUT_TYPE, label)
-                return out, size
-            if not same_origin(next_url, source.base_url):
-                raise SourceProblem("sent a link to another server, which was not followed; its list may be incomplete")
-            if next_url in seen or next_url == url:
-                raise SourceProblem("kept sending the same page; its list may be incomplete")
-            seen.add(next_url)
-            url, params = next_url, None
-        self._cut(result, CUT_PAGES, label)
-        return out, size
+                if link_problem:
+                    raise SourceProblem(link_problem)
+                url, params = next_url, None
+            self._cut(result, CUT_PAGES, label)
+            return out, size
+        finally:
+            if ahead is not None:  # not needed after all (cut, or a problem): taken back, or its answer ignored
+                ahead.discard()
 
     def _take_one(self, result: SourceResult) -> bool:
         with self._lock:
@@ -355,8 +523,8 @@ class FetchJob:
             raise SourceProblem("did not respond in time") from exc
         except BadStatus as exc:
             if exc.status in (401, 403):
-                raise SourceProblem("refused access to this patient's record") from exc
-            raise SourceProblem(f"returned an error (HTTP {exc.status})") from exc
+                raise SourceProblem("refused access to this patient's record", status=exc.status) from exc
+            raise SourceProblem(f"returned an error (HTTP {exc.status})", status=exc.status) from exc
         except BudgetExhausted as exc:
             if budgeted:
                 raise _LaunchSpent from exc
@@ -371,8 +539,7 @@ class FetchJob:
         except NotFhir as exc:
             raise SourceProblem(f"returned data that could not be read (not a FHIR {expect})") from exc
         except OutsideBase as exc:
-            reason = "sent a link to another server, which was not followed; its list may be incomplete"
-            raise SourceProblem(reason) from exc
+            raise SourceProblem(FOREIGN_LINK) from exc
         except OutboundError as exc:  # no connection, or it broke again after the one retry
             raise SourceProblem("could not be reached") from exc
         return (resource, reader.received) if budgeted else resource
@@ -436,6 +603,50 @@ def restore(source: RecordSource, data: dict) -> SourceResult:
 
 def _inline(fn, *args) -> None:
     fn(*args)
+
+
+class _Ahead:
+    """A call (a GET) started before its answer is needed, on the shared pool.
+
+    Never waited for while still queued: if the pool has not started it when its answer is needed, it is
+    taken back and run in the caller's thread, so callers waiting on the pool they run on cannot deadlock
+    it. In the sequential mode (``_inline``) it runs when its answer is needed."""
+
+    def __init__(self, submit, fn, *args) -> None:
+        self._fn, self._args = fn, args
+        self._future = None if submit is _inline else submit(fn, *args)
+
+    def result(self):
+        if self._future is None or self._future.cancel():
+            return self._fn(*self._args)
+        return self._future.result()
+
+    def discard(self) -> None:
+        """Not needed after all: taken back if it has not started, else waited for (so a finished fetch has
+        no request still out) and its answer or failure ignored."""
+        if self._future is not None and not self._future.cancel():
+            with contextlib.suppress(Exception):
+                self._future.result()
+
+
+class _PatientGate:
+    """The patient's id at one source, once the Patient search has found exactly one (None: not found)."""
+
+    def __init__(self) -> None:
+        self._settled = threading.Event()
+        self._patient_id: str | None = None
+
+    def open(self, patient_id: str) -> None:
+        self._patient_id = patient_id
+        self._settled.set()
+
+    def close(self) -> None:
+        self._settled.set()
+
+    def wait(self, deadline: float) -> str | None:
+        if not self._settled.wait(max(deadline - time.time(), 0)):
+            raise SourceProblem("did not respond in time")
+        return self._patient_id
 
 
 def _entries(bundle: dict) -> list[dict]:

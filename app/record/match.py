@@ -34,6 +34,61 @@ def patient_search(nhs: str) -> dict[str, str]:
     return {"identifier": f"{NHS_NUMBER_SYSTEM}|{nhs}"}
 
 
+CHAINED_PARAM = "patient.identifier"
+
+
+def chained_search(nhs: str) -> dict[str, str]:
+    """A resource search by the patient's NHS number directly (``patient.identifier=<system>|<number>``), for
+    an organisation that declares the chain: sent alongside the Patient search, so its resources do not wait
+    for the patient's id there. What it returns is kept only when it is about the one Patient that search
+    finds (the fetch checks every resource against that Patient's id, as for any search)."""
+    return {CHAINED_PARAM: f"{NHS_NUMBER_SYSTEM}|{nhs}"}
+
+
+def chained_search_types(capability_statement: object) -> frozenset[str]:
+    """The resource types an organisation's CapabilityStatement says it searches by ``patient.identifier``.
+
+    R4 has no CapabilityStatement element for chaining: a server declares the chains a reference parameter
+    supports in ``SearchParameter.chain``, and points ``rest.resource.searchParam.definition`` at that
+    SearchParameter. Read without another round trip, so only when it is contained in the statement (the
+    definition is ``#<id>`` or the contained SearchParameter's ``url``): ``patient``, of type reference,
+    whose ``chain`` names ``identifier``. A ``searchParam`` named ``patient.identifier`` itself counts too.
+    Anything else (no declaration, a definition elsewhere, not a CapabilityStatement) is no: the fetch then
+    finds the patient first, as it always did."""
+    if not isinstance(capability_statement, dict) or capability_statement.get("resourceType") != "CapabilityStatement":
+        return frozenset()
+    chains: dict[str, bool] = {}
+    for contained in _dicts(capability_statement.get("contained")):
+        if contained.get("resourceType") != "SearchParameter":
+            continue
+        ok = (
+            contained.get("code") == "patient"
+            and contained.get("type") == "reference"
+            and "identifier" in (contained.get("chain") or [])
+            and "Patient" in (contained.get("target") or ["Patient"])
+        )
+        for key in (f"#{contained.get('id')}" if contained.get("id") else None, contained.get("url")):
+            if isinstance(key, str):
+                chains[key] = chains.get(key, False) or ok
+    types: set[str] = set()
+    for rest in _dicts(capability_statement.get("rest")):
+        if rest.get("mode", "server") != "server":
+            continue
+        for resource in _dicts(rest.get("resource")):
+            rtype = resource.get("type")
+            for param in _dicts(resource.get("searchParam")):
+                declared = param.get("name") == CHAINED_PARAM or (
+                    param.get("name") == "patient" and chains.get(str(param.get("definition")), False)
+                )
+                if isinstance(rtype, str) and declared:
+                    types.add(rtype)
+    return frozenset(types)
+
+
+def _dicts(value: object) -> list[dict]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
 def matching_patients(candidates: Iterable[dict], nhs: str) -> list[dict]:
     """Servers may ignore the identifier parameter: keep only Patients that really carry this NHS number."""
     return [

@@ -23,10 +23,11 @@ another; different doses (or strengths) of the same medicine among current medic
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from core.names import display_name
@@ -43,7 +44,7 @@ CURRENT_MED_STATUSES = {"active", "on-hold", "intended"}
 ACTIVE_PROBLEM_STATUSES = {"active", "recurrence", "relapse"}
 
 
-@dataclass
+@dataclass(slots=True)
 class SourceRef:
     source_id: str
     name: str
@@ -99,7 +100,7 @@ class DocumentDetail:
 Detail = MedicationDetail | AllergyDetail | EncounterDetail | ResultDetail | ReportDetail | DocumentDetail
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     section: str
     title: str
@@ -128,7 +129,7 @@ class Row:
         return sorted({s.source_id for s in self.sources})
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """A resource with where it came from: the unit merging works on."""
 
@@ -222,6 +223,16 @@ def group(
     items: list[Item], key: Callable[[Item], str | None], interval: Callable[[Item], tuple[str, str]] | None = None
 ) -> list[list[Item]]:
     """Groups of the same fact: same key and (when given) overlapping intervals, or a shared identifier."""
+    return [[items[i] for i in members] for members in group_indices(items, key, interval)]
+
+
+def group_indices(
+    items: list[Item], key: Callable[[Item], str | None], interval: Callable[[Item], tuple[str, str]] | None = None
+) -> list[list[int]]:
+    """:func:`group` as positions in ``items``: groups in the order of their first member, members in order.
+
+    The groups are the connected components of "same key (and overlapping interval), or a shared identifier",
+    a relation between pairs: leaving items out can only split a group, never join two."""
     uf = _UnionFind(len(items))
     by_ident: dict[str, int] = {}
     for i, item in enumerate(items):
@@ -248,10 +259,79 @@ def group(
                 current_end = max(current_end, end)
             else:
                 anchor, current_end = i, end
-    groups: dict[int, list[Item]] = defaultdict(list)
-    for i, item in enumerate(items):
-        groups[uf.find(i)].append(item)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(items)):
+        groups[uf.find(i)].append(i)
     return list(groups.values())
+
+
+# ---- a section's rule, and the record without what may not be shown --------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A section's merge rule in three steps: which items are the same fact (``key``, ``interval``), one row
+    per group (``row``), then the section as a whole (``finish``: conflicts across rows, the order).
+
+    Calling it merges a list of items; the rows it returns (:class:`Merged`) keep what is needed to derive the
+    same section without some items (:func:`without`) by redoing only the groups those items were in."""
+
+    row: Callable[[list[Item]], Row]
+    key: Callable[[Item], str | None] = lambda item: None  # None: never merged (identifiers still merge)
+    interval: Callable[[Item], tuple[str, str]] | None = None
+    finish: Callable[[list[Row]], list[Row]] = lambda rows: newest_first(rows)
+    across: bool = False  # ``finish`` adds conflicts to rows: each result gets its own copies of them
+
+    def __call__(self, items: list[Item]) -> Merged:
+        groups = group_indices(items, self.key, self.interval)
+        rows = [self.row([items[i] for i in members]) for members in groups]
+        out = Merged(self.finish([_own(r) for r in rows] if self.across else rows))
+        out.rule, out.items, out.groups, out.rows = self, items, groups, rows
+        return out
+
+
+class Merged(list):
+    """A section's rows (a plain list to every reader) and how they were made: the rule, the items, the
+    groups (positions in ``items``) and each group's row before ``finish`` — the same Row objects as the
+    list's own unless the rule's ``finish`` adds conflicts across rows."""
+
+    rule: Rule
+    items: list[Item]
+    groups: list[list[int]]
+    rows: list[Row]
+
+
+def without(rows: list[Row], hidden: Collection[int]) -> list[Row] | None:
+    """The section as if the resources whose ``id()`` is in ``hidden`` had never been there, derived from
+    one merge: groups with none of them keep their row; a group with some is grouped again without them
+    (it may split); ``finish`` runs on the result. Equal to merging the remaining items afresh.
+
+    None when ``rows`` was not made by a :class:`Rule` (a plain function merges afresh instead)."""
+    if not isinstance(rows, Merged):
+        return None
+    rule, items = rows.rule, rows.items
+    gone = {i for i, item in enumerate(items) if id(item.resource) in hidden}
+    if not gone:
+        return rows
+    kept: list[tuple[int, Row]] = []  # (position of the group's first member, its row)
+    for members, row in zip(rows.groups, rows.rows, strict=True):
+        left = [i for i in members if i not in gone]
+        if len(left) == len(members):
+            kept.append((members[0], row))
+        elif left:
+            sub = [items[i] for i in left]
+            kept.extend(
+                (left[g[0]], rule.row([sub[i] for i in g])) for g in group_indices(sub, rule.key, rule.interval)
+            )
+    kept.sort(key=lambda pair: pair[0])  # the order a fresh merge of the remaining items finds the groups in
+    return rule.finish([_own(r) if rule.across else r for _, r in kept])
+
+
+def _own(row: Row) -> Row:
+    """A copy whose conflicts list can grow without touching ``row``'s."""
+    mine = copy.copy(row)
+    mine.conflicts = list(row.conflicts)
+    return mine
 
 
 def _row(section: str, members: list[Item], title: str, code: str | None, date: str | None, **kw) -> Row:
@@ -269,35 +349,39 @@ def _row(section: str, members: list[Item], title: str, code: str | None, date: 
 # ---- sections ---------------------------------------------------------------------------------------------
 
 
-def problems(items: list[Item]) -> list[Row]:
-    def span(item: Item) -> tuple[str, str]:
-        r = item.resource
-        start = (
-            day(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start") or r.get("recordedDate"))
-            or "0000-01-01"
-        )
-        end = day(r.get("abatementDateTime") or (r.get("abatementPeriod") or {}).get("end")) or OPEN_END
-        return start, max(start, end)
+def _problem_span(item: Item) -> tuple[str, str]:
+    r = item.resource
+    start = (
+        day(r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start") or r.get("recordedDate"))
+        or "0000-01-01"
+    )
+    end = day(r.get("abatementDateTime") or (r.get("abatementPeriod") or {}).get("end")) or OPEN_END
+    return start, max(start, end)
 
-    rows = []
-    for members in group(items, lambda i: code_key(i.resource.get("code")), span):
-        starts, ends = zip(*(span(m) for m in members), strict=True)
-        statuses = {status_code(m.resource.get("clinicalStatus")) for m in members}
-        end = max(ends)
-        active = bool(statuses & ACTIVE_PROBLEM_STATUSES) and end == OPEN_END
-        first = members[0].resource
-        rows.append(
-            _row(
-                "problems",
-                members,
-                concept_text(first.get("code")) or "Unnamed problem",
-                code_key(first.get("code")),
-                min(starts),
-                end=None if end == OPEN_END else end,
-                status="active" if active else (sorted(s for s in statuses if s)[0] if any(statuses) else "unknown"),
-            )
-        )
-    return newest_first(rows, lambda r: r.status != "active")
+
+def _problem_row(members: list[Item]) -> Row:
+    starts, ends = zip(*(_problem_span(m) for m in members), strict=True)
+    statuses = {status_code(m.resource.get("clinicalStatus")) for m in members}
+    end = max(ends)
+    active = bool(statuses & ACTIVE_PROBLEM_STATUSES) and end == OPEN_END
+    first = members[0].resource
+    return _row(
+        "problems",
+        members,
+        concept_text(first.get("code")) or "Unnamed problem",
+        code_key(first.get("code")),
+        min(starts),
+        end=None if end == OPEN_END else end,
+        status="active" if active else (sorted(s for s in statuses if s)[0] if any(statuses) else "unknown"),
+    )
+
+
+problems = Rule(
+    _problem_row,
+    key=lambda i: code_key(i.resource.get("code")),
+    interval=_problem_span,
+    finish=lambda rows: newest_first(rows, lambda r: r.status != "active"),
+)
 
 
 def _med_concept(r: dict) -> dict | None:
@@ -348,38 +432,48 @@ def ingredient(title: str) -> str:
     return words[0] if words else title.lower()
 
 
-def medications(items: list[Item]) -> list[Row]:
-    rows = []
-    for members in group(items, lambda i: code_key(_med_concept(i.resource)), lambda i: _med_span(i.resource)):
-        spans = [_med_span(m.resource) for m in members]
-        end = max(e for _, e in spans)
-        statuses = {m.resource.get("status") for m in members}
-        current = bool(statuses & CURRENT_MED_STATUSES) and end == OPEN_END
-        latest = max(members, key=lambda m: _med_span(m.resource)[0]).resource
-        issued = [d for d in (last_issued(m.resource) for m in members) if d]
-        row = _row(
-            "medications",
-            members,
-            concept_text(_med_concept(latest)) or "Unnamed medicine",
-            code_key(_med_concept(latest)),
-            min(s for s, _ in spans),
-            end=None if end == OPEN_END else end,
-            status="current" if current else "past",
-            detail=MedicationDetail(
-                dose=dose_text(latest),
-                last_issued=max(issued) if issued else None,
-                doses=tuple(sorted({dose_text(m.resource) for m in members if dose_text(m.resource)})),
-            ),
+def _medication_row(members: list[Item]) -> Row:
+    spans = [_med_span(m.resource) for m in members]
+    end = max(e for _, e in spans)
+    statuses = {m.resource.get("status") for m in members}
+    current = bool(statuses & CURRENT_MED_STATUSES) and end == OPEN_END
+    latest = max(members, key=lambda m: _med_span(m.resource)[0]).resource
+    issued = [d for d in (last_issued(m.resource) for m in members) if d]
+    row = _row(
+        "medications",
+        members,
+        concept_text(_med_concept(latest)) or "Unnamed medicine",
+        code_key(_med_concept(latest)),
+        min(s for s, _ in spans),
+        end=None if end == OPEN_END else end,
+        status="current" if current else "past",
+        detail=MedicationDetail(
+            dose=dose_text(latest),
+            last_issued=max(issued) if issued else None,
+            doses=tuple(sorted({dose_text(m.resource) for m in members if dose_text(m.resource)})),
+        ),
+    )
+    if len(row.detail.doses) > 1 and len(row.source_ids) > 1:
+        row.conflicts.append(
+            "Different doses recorded: "
+            + "; ".join(f"{dose_text(m.resource)} at {m.source.name}" for m in members if dose_text(m.resource))
+            + "."
         )
-        if len(row.detail.doses) > 1 and len(row.source_ids) > 1:
-            row.conflicts.append(
-                "Different doses recorded: "
-                + "; ".join(f"{dose_text(m.resource)} at {m.source.name}" for m in members if dose_text(m.resource))
-                + "."
-            )
-        rows.append(row)
+    return row
+
+
+def _finish_medications(rows: list[Row]) -> list[Row]:
     _flag_dose_conflicts([r for r in rows if r.status == "current"])
     return sorted(rows, key=lambda r: (r.status != "current", r.title.lower()))
+
+
+medications = Rule(
+    _medication_row,
+    key=lambda i: code_key(_med_concept(i.resource)),
+    interval=lambda i: _med_span(i.resource),
+    finish=_finish_medications,
+    across=True,
+)
 
 
 def _flag_dose_conflicts(current: list[Row]) -> None:
@@ -403,40 +497,41 @@ def _flag_dose_conflicts(current: list[Row]) -> None:
                 row.conflicts.append("Different dose or strength recorded elsewhere: " + "; ".join(others) + ".")
 
 
-def allergies(items: list[Item]) -> list[Row]:
-    rows = []
-    for members in group(items, lambda i: code_key(i.resource.get("code"))):
-        first = members[0].resource
-        verification = {status_code(m.resource.get("verificationStatus")) for m in members} - {None}
-        code = code_key(first.get("code"))
-        nka = bool(code and code.split("|")[-1] in NKA_CODES)
-        row = _row(
-            "allergies",
-            members,
-            concept_text(first.get("code")) or (NKA_CODES.get(code.split("|")[-1]) if code else "") or "Unnamed",
-            code,
-            day(first.get("recordedDate") or first.get("onsetDateTime")),
-            status=status_code(first.get("clinicalStatus")) or ("no-known" if nka else None),
-            detail=AllergyDetail(
-                nka=nka,
-                criticality=first.get("criticality"),
-                reactions=tuple(
-                    sorted(
-                        {
-                            concept_text(m)
-                            for r in members
-                            for rx in r.resource.get("reaction") or []
-                            for m in rx.get("manifestation") or []
-                            if concept_text(m)
-                        }
-                    )
-                ),
-                category=", ".join(first.get("category") or []),
+def _allergy_row(members: list[Item]) -> Row:
+    first = members[0].resource
+    verification = {status_code(m.resource.get("verificationStatus")) for m in members} - {None}
+    code = code_key(first.get("code"))
+    nka = bool(code and code.split("|")[-1] in NKA_CODES)
+    row = _row(
+        "allergies",
+        members,
+        concept_text(first.get("code")) or (NKA_CODES.get(code.split("|")[-1]) if code else "") or "Unnamed",
+        code,
+        day(first.get("recordedDate") or first.get("onsetDateTime")),
+        status=status_code(first.get("clinicalStatus")) or ("no-known" if nka else None),
+        detail=AllergyDetail(
+            nka=nka,
+            criticality=first.get("criticality"),
+            reactions=tuple(
+                sorted(
+                    {
+                        concept_text(m)
+                        for r in members
+                        for rx in r.resource.get("reaction") or []
+                        for m in rx.get("manifestation") or []
+                        if concept_text(m)
+                    }
+                )
             ),
-        )
-        if len(verification) > 1:
-            row.conflicts.append("Organisations disagree whether this is confirmed: " + ", ".join(sorted(verification)))
-        rows.append(row)
+            category=", ".join(first.get("category") or []),
+        ),
+    )
+    if len(verification) > 1:
+        row.conflicts.append("Organisations disagree whether this is confirmed: " + ", ".join(sorted(verification)))
+    return row
+
+
+def _finish_allergies(rows: list[Row]) -> list[Row]:
     real = [
         r
         for r in rows
@@ -457,6 +552,9 @@ def allergies(items: list[Item]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.detail.nka, r.title.lower()))
 
 
+allergies = Rule(_allergy_row, key=lambda i: code_key(i.resource.get("code")), finish=_finish_allergies, across=True)
+
+
 ENCOUNTER_CLASSES = {
     "AMB": "Appointment",
     "EMER": "A&E attendance",
@@ -468,27 +566,23 @@ ENCOUNTER_CLASSES = {
 }
 
 
-def encounters(items: list[Item]) -> list[Row]:
-    rows = []
-    for members in group(items, lambda i: None):
-        r = members[0].resource
-        cls = (r.get("class") or {}).get("code")
-        reasons = sorted(
-            {concept_text(c) for m in members for c in m.resource.get("reasonCode") or [] if concept_text(c)}
-        )
-        rows.append(
-            _row(
-                "encounters",
-                members,
-                concept_text((r.get("type") or [None])[0]) or ENCOUNTER_CLASSES.get(cls, "Encounter"),
-                code_key((r.get("type") or [None])[0]),
-                (r.get("period") or {}).get("start"),
-                end=(r.get("period") or {}).get("end"),
-                status=r.get("status"),
-                detail=EncounterDetail(kind=ENCOUNTER_CLASSES.get(cls, cls or ""), reasons=tuple(reasons)),
-            )
-        )
-    return newest_first(rows)
+def _encounter_row(members: list[Item]) -> Row:
+    r = members[0].resource
+    cls = (r.get("class") or {}).get("code")
+    reasons = sorted({concept_text(c) for m in members for c in m.resource.get("reasonCode") or [] if concept_text(c)})
+    return _row(
+        "encounters",
+        members,
+        concept_text((r.get("type") or [None])[0]) or ENCOUNTER_CLASSES.get(cls, "Encounter"),
+        code_key((r.get("type") or [None])[0]),
+        (r.get("period") or {}).get("start"),
+        end=(r.get("period") or {}).get("end"),
+        status=r.get("status"),
+        detail=EncounterDetail(kind=ENCOUNTER_CLASSES.get(cls, cls or ""), reasons=tuple(reasons)),
+    )
+
+
+encounters = Rule(_encounter_row)
 
 
 def observation_value(r: dict) -> str:
@@ -520,33 +614,30 @@ def observation_time(r: dict) -> str | None:
     return r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start") or r.get("issued")
 
 
-def results(items: list[Item]) -> list[Row]:
-    rows = []
+def _result_key(item: Item) -> str | None:
+    r = item.resource
+    return keyed(code_key(r.get("code")), minute(observation_time(r)), observation_value(r))
 
-    def key(i: Item) -> str:
-        r = i.resource
-        return keyed(code_key(r.get("code")), minute(observation_time(r)), observation_value(r))
 
-    for members in group(items, key):
-        r = members[0].resource
-        category = next((concept_text(c) for c in r.get("category") or []), "")
-        rows.append(
-            _row(
-                "results",
-                members,
-                concept_text(r.get("code")) or "Unnamed result",
-                code_key(r.get("code")),
-                observation_time(r),
-                status=r.get("status"),
-                detail=ResultDetail(
-                    value=observation_value(r),
-                    category=category,
-                    numeric=numeric_points(r),
-                    interpretation=concept_text((r.get("interpretation") or [None])[0]),
-                ),
-            )
-        )
-    return newest_first(rows)
+def _result_row(members: list[Item]) -> Row:
+    r = members[0].resource
+    return _row(
+        "results",
+        members,
+        concept_text(r.get("code")) or "Unnamed result",
+        code_key(r.get("code")),
+        observation_time(r),
+        status=r.get("status"),
+        detail=ResultDetail(
+            value=observation_value(r),
+            category=next((concept_text(c) for c in r.get("category") or []), ""),
+            numeric=numeric_points(r),
+            interpretation=concept_text((r.get("interpretation") or [None])[0]),
+        ),
+    )
+
+
+results = Rule(_result_row, key=_result_key)
 
 
 def numeric_points(r: dict) -> dict[str, tuple[float, str]]:
@@ -572,27 +663,22 @@ def coded_on_a_day(
     when: Callable[[dict], str | None],
     fallback: str,
     detail: Callable[[dict], Detail] | None = None,
-):
+) -> Rule:
     """Sections whose fact is "this code, on this day": reports, immunisations, procedures."""
 
-    def build(items: list[Item]) -> list[Row]:
-        rows = []
-        for members in group(items, lambda i: keyed(code_key(code_of(i.resource)), day(when(i.resource)))):
-            r = members[0].resource
-            rows.append(
-                _row(
-                    section,
-                    members,
-                    concept_text(code_of(r)) or fallback,
-                    code_key(code_of(r)),
-                    when(r),
-                    status=r.get("status"),
-                    detail=detail(r) if detail else None,
-                )
-            )
-        return newest_first(rows)
+    def row(members: list[Item]) -> Row:
+        r = members[0].resource
+        return _row(
+            section,
+            members,
+            concept_text(code_of(r)) or fallback,
+            code_key(code_of(r)),
+            when(r),
+            status=r.get("status"),
+            detail=detail(r) if detail else None,
+        )
 
-    return build
+    return Rule(row, key=lambda i: keyed(code_key(code_of(i.resource)), day(when(i.resource))))
 
 
 reports = coded_on_a_day(
@@ -608,48 +694,36 @@ immunisations = coded_on_a_day(
 procedures = coded_on_a_day("procedures", lambda r: r.get("code"), _performed, "Procedure")
 
 
-def documents(items: list[Item]) -> list[Row]:
-    rows = []
-    for members in group(items, lambda i: None):
-        r = members[0].resource
-        attachment = next((c.get("attachment") or {} for c in r.get("content") or []), {})
-        rows.append(
-            _row(
-                "documents",
-                members,
-                concept_text(r.get("type")) or r.get("description") or "Document",
-                code_key(r.get("type")),
-                r.get("date") or (r.get("context") or {}).get("period", {}).get("start"),
-                status=r.get("docStatus") or r.get("status"),
-                detail=DocumentDetail(
-                    description=r.get("description"),
-                    content_type=attachment.get("contentType"),
-                    authors=tuple(a.get("display") for a in r.get("author") or [] if a.get("display")),
-                    category=next((concept_text(c) for c in r.get("category") or []), ""),
-                ),
-            )
-        )
-    return newest_first(rows)
+def _document_row(members: list[Item]) -> Row:
+    r = members[0].resource
+    attachment = next((c.get("attachment") or {} for c in r.get("content") or []), {})
+    return _row(
+        "documents",
+        members,
+        concept_text(r.get("type")) or r.get("description") or "Document",
+        code_key(r.get("type")),
+        r.get("date") or (r.get("context") or {}).get("period", {}).get("start"),
+        status=r.get("docStatus") or r.get("status"),
+        detail=DocumentDetail(
+            description=r.get("description"),
+            content_type=attachment.get("contentType"),
+            authors=tuple(a.get("display") for a in r.get("author") or [] if a.get("display")),
+            category=next((concept_text(c) for c in r.get("category") or []), ""),
+        ),
+    )
 
 
-def simple(section: str, title: Callable[[dict], str], date: Callable[[dict], str | None]):
+documents = Rule(_document_row)
+
+
+def simple(section: str, title: Callable[[dict], str], date: Callable[[dict], str | None]) -> Rule:
     """Sections where each resource is its own fact unless identifiers say otherwise."""
 
-    def build(items: list[Item]) -> list[Row]:
-        rows = [
-            _row(
-                section,
-                members,
-                title(members[0].resource) or section.title(),
-                None,
-                date(members[0].resource),
-                status=members[0].resource.get("status"),
-            )
-            for members in group(items, lambda i: None)
-        ]
-        return newest_first(rows)
+    def row(members: list[Item]) -> Row:
+        first = members[0].resource
+        return _row(section, members, title(first) or section.title(), None, date(first), status=first.get("status"))
 
-    return build
+    return Rule(row)
 
 
 def newest_first(rows: list[Row], then: Callable[[Row], object] | None = None) -> list[Row]:

@@ -10,37 +10,60 @@ newest is always kept (one launch is itself bounded by ``launch_mb``). Parsed re
 their JSON size in memory, so the default 32 MB is about 150 MB of Python objects: about 11 launches of the
 largest sandbox patient (~2.8 MB of JSON, ~12.7 MB in memory each, bench/README.md), where the old bound
 of 20 records allowed 20 whatever their size.
+
+What one cached record keeps, and all of it is counted in that bound (``Gathering.size``):
+
+- the raw resources, parsed once (the only copy of the clinical data: rows point at these same dicts);
+- one merge of everything (``Catalogue.build``, once per set of answered organisations): an Item and a
+  SourceRef per resource and a Row per fact, counted as ``merged_bytes`` (their measured memory, in the
+  bound's JSON-size units);
+- one view per withholding rule, derived from that merge (``merge.without``): lists of the same rows, plus
+  fresh rows only for the groups a withheld item was in, counted per view.
+
+The shared snapshot (orjson + zlib of the whole record, for other workers and hosts) is written once the
+fetch is complete, by a background thread, never by the request that renders the page; its bytes are
+handed to the store and not kept.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import zlib
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
 
 from app.config import Config
-from core.fhir_client import TokenSource
+from core.fhir_client import TokenSource, log_source_reads
 from core.http import fetch_executor
 from core.names import display_name
 from launch.backend import BackendTokens
 from launch.context import LaunchContext
+from launch.ehr_client import TIMEOUT as EHR_TIMEOUT
 from launch.ehr_client import EhrFhirClient
 from launch.tokens import TokenManager
 
 from .catalogue import Catalogue
 from .fetch import FetchJob, SourceResult, restore, snapshot_of
 from .match import Demographics, demographic_warnings, demographics, nhs_number_of
-from .merge import Item, Row, SourceRef
+from .merge import Item, Row, Rule, SourceRef, without
 from .sources import RecordSource, record_sources
 
 log = logging.getLogger(__name__)
 RECORD_TTL = 300  # seconds a fetched record is reused before it is fetched again
+# What merging adds to a cached record, in the cache bound's units (JSON bytes; parsed JSON is ~4.4x that in
+# memory): an Item and a SourceRef per resource (~330 bytes of memory), a Row with its lists and detail per
+# fact (~880). Measured with tracemalloc on the largest Synthea patient: 2.2 MB of memory for 1,806 resources
+# next to 5.9 MB for the resources themselves (bench/README.md, "Less CPU and memory per launch").
+MERGED_BYTES_PER_ITEM = 80
+MERGED_BYTES_PER_ROW = 200
+VIEW_BYTES_PER_ROW = 2  # a view's own lists point at the merge's rows
+_MERGE = "merge"  # Gathering.merged key of the one merge; the views are keyed by withholding rule
 
 
 class Withholding(Protocol):
@@ -61,6 +84,7 @@ class ConsolidatedRecord:
     warnings: list[str] = field(default_factory=list)
     complete: bool = False
     withheld: int = 0  # items left out (sensitive, or from an organisation the patient objected to)
+    kept_bytes: int = 0  # what this view adds to the cached record (Gathering.size)
 
     def section(self, name: str) -> list[Row]:
         return self.sections.get(name, [])
@@ -87,9 +111,12 @@ class Gathering:
     job: FetchJob | None  # None when there is no valid NHS number: nothing is fetched
     patient: dict
     nhs_number: str | None
-    merged: dict[tuple, ConsolidatedRecord] = field(default_factory=dict)
-    shared: bool = False  # already in (or read from) the shared record cache
+    # (answered organisations, _MERGE) → the one merge; (answered organisations, withholding key) → a view
+    merged: dict[tuple, object] = field(default_factory=dict)
+    shared: bool = False  # already in (or read from, or being written to) the shared record cache
     ctx_id: str = ""
+    announced: bool = False  # the completed fetch was logged (and its snapshot handed to the writer)
+    merging: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def results(self) -> list[SourceResult]:
@@ -105,8 +132,10 @@ class Gathering:
 
     @property
     def size(self) -> int:
-        """Approximate bytes kept: the JSON size of every organisation's raw resources (and the Patient)."""
-        return sum(r.bytes for r in self.results) + 2048
+        """Approximate bytes kept: the JSON size of every organisation's raw resources (and the Patient), and
+        what the merge and its views add (in the same units)."""
+        merged = sum(v.kept_bytes for v in list(self.merged.values()))
+        return sum(r.bytes for r in self.results) + 2048 + merged
 
     @property
     def patient_name(self) -> str | None:
@@ -125,12 +154,18 @@ class RecordService:
         self._cache: dict[str, Gathering] = {}
         self._lock = threading.Lock()
         self._starting: dict[str, Future] = {}
+        self._snapshot_pool: ThreadPoolExecutor | None = None
+        self._snapshot_pid = 0
+        self._snapshots: Future | None = None  # the last snapshot handed to the writer
 
-    def gather_early(self, ctx: LaunchContext, request_id: str, then=None) -> None:
-        """Begin gathering the record while the browser is still following the sign-in redirect."""
+    def gather_early(self, ctx: LaunchContext, request_id: str, then=None, patient: Future | None = None) -> None:
+        """Begin gathering the record while the browser is still following the sign-in redirect.
+
+        ``patient``: the read of the launch's Patient the callback started alongside the identity reads
+        (``launch.flow.callback_patient``), so it is not read a second time."""
 
         def run() -> Gathering:
-            entry = self._start_now(ctx, request_id, refresh=False)
+            entry = self._start_now(ctx, request_id, refresh=False, patient=patient)
             if then is not None:
                 then(entry)
             return entry
@@ -152,7 +187,9 @@ class RecordService:
                 log.info("early start for %s… failed (%s); starting again", ctx.id[:6], exc.__class__.__name__)
         return self._start_now(ctx, request_id, refresh)
 
-    def _start_now(self, ctx: LaunchContext, request_id: str, refresh: bool) -> Gathering:
+    def _start_now(
+        self, ctx: LaunchContext, request_id: str, refresh: bool, patient: Future | None = None
+    ) -> Gathering:
         with self._lock:
             entry = self._cache.get(ctx.id)
             fresh = entry and (time.time() - entry.created < RECORD_TTL or (entry.job and not entry.job.all_done()))
@@ -165,8 +202,10 @@ class RecordService:
                     self._cache[ctx.id] = snapshot
                     self._evict()
                 return snapshot
-        client = EhrFhirClient(self.tokens, ctx.id, ctx.iss, request_id)
-        patient = client.get(f"Patient/{ctx.patient}")  # the launching EHR says who this is
+        patient = _read_at_callback(patient, ctx)
+        if patient is None:
+            client = EhrFhirClient(self.tokens, ctx.id, ctx.iss, request_id)
+            patient = client.get(f"Patient/{ctx.patient}")  # the launching EHR says who this is
         nhs = nhs_number_of(patient)
         job = None
         if nhs:
@@ -208,65 +247,131 @@ class RecordService:
 
     def progress(self, gathering: Gathering) -> ConsolidatedRecord:
         """Each organisation's state and nothing clinical: for the loading page and refusals."""
+        if gathering.complete:
+            self._fetched(gathering)
         return ConsolidatedRecord(
             gathering.nhs_number, gathering.patient, gathering.results, complete=gathering.complete
         )
 
     def merged(self, gathering: Gathering, withholding: Withholding | None = None) -> ConsolidatedRecord:
-        """Merge every organisation that has answered, leaving out what ``withholding`` hides.
+        """Every organisation that has answered, without what ``withholding`` hides.
 
-        Cached per set of answered organisations and withholding rule, so paging costs nothing.
+        Merged once per set of answered organisations (``Catalogue.build``, whatever the withholding); each
+        withholding rule's view is derived from that one merge (``merge.without``) and cached, so paging, a
+        second user, or the same user after breaking the glass costs no second merge.
         """
         if gathering.job is None:
             return ConsolidatedRecord(None, gathering.patient, [], complete=True)
         results = gathering.results
-        key = (tuple(sorted(r.source.id for r in results if r.done)), withholding.key if withholding else None)
-        with self._lock:
-            cached = gathering.merged.get(key)
-        if cached:
+        done = tuple(sorted(r.source.id for r in results if r.done))
+        key = (done, withholding.key if withholding else None)
+        cached = gathering.merged.get(key)
+        if cached is not None:
             return cached
+        with gathering.merging:  # concurrent first requests: one merges, the others wait for it
+            cached = gathering.merged.get(key)
+            if cached is not None:
+                return cached
+            base = gathering.merged.get((done, _MERGE))
+            if base is None:
+                base = self._merge(gathering, results, done)
+            record = base.view(self.catalogue, withholding)
+            with self._lock:
+                gathering.merged = {k: v for k, v in gathering.merged.items() if k[0] == done} | {
+                    (done, _MERGE): base,
+                    key: record,
+                }
+                if gathering.ctx_id and self._cache.get(gathering.ctx_id) is gathering:
+                    self._evict()  # the record grew by its merge (or a view): the bound counts it
+        if base.complete:
+            self._fetched(gathering)
+        return record
+
+    def _merge(self, gathering: Gathering, results: list[SourceResult], done: tuple) -> _Merge:
+        """The one merge: every usable organisation's resources, nothing left out."""
         items: dict[str, list[Item]] = {}
         people: list[Demographics] = []
-        withheld = 0
         for result in results:
             if not result.usable:
                 continue
             people.append(demographics(result.source.name, result.patient))
-            ods = result.source.ods_code or None
             for rtype, resources in result.resources.items():
-                for r in resources:
-                    if withholding and withholding.hides(ods, r):
-                        withheld += 1
-                        continue
-                    items.setdefault(rtype, []).append(Item(r, _source_ref(result.source, r)))
-        complete = len(key[0]) == len(results)
-        if complete and self.shared is not None and not gathering.shared:
-            self._save_snapshot(gathering)
-        record = ConsolidatedRecord(
-            nhs_number=gathering.nhs_number,
-            patient=gathering.patient,
-            results=results,
-            sections=self.catalogue.build(items),
-            warnings=demographic_warnings(people),
-            complete=complete,
-            withheld=withheld,
+                into = items.setdefault(rtype, [])
+                into.extend(Item(r, _source_ref(result.source, r)) for r in resources)
+        sections = self.catalogue.build(items)
+        return _Merge(
+            gathering,
+            results,
+            items,
+            sections,
+            demographic_warnings(people),
+            complete=len(done) == len(results),
         )
+
+    # -- after the fetch: one summary line per organisation, and the shared snapshot off the request path --
+    def _fetched(self, gathering: Gathering) -> None:
+        """The first time a request sees ``gathering`` complete: log what each organisation sent, and hand the
+        snapshot to the background writer (the request does not wait for it)."""
+        if gathering.announced or gathering.job is None:
+            return
         with self._lock:
-            gathering.merged = {k: v for k, v in gathering.merged.items() if k[0] == key[0]} | {key: record}
-        return record
+            if gathering.announced:
+                return
+            gathering.announced = True
+            write = self.shared is not None and not gathering.shared
+            gathering.shared = gathering.shared or write  # claimed: written once
+        if not write and self.shared is not None:
+            return  # read from the shared cache: the worker that fetched it logged it
+        for result in gathering.job.results.values():
+            log_source_reads(
+                gathering.job.request_id,
+                result.source.id,
+                result.state,
+                requests=result.requests,
+                resources=sum(len(v) for v in result.resources.values()),
+                received=result.bytes,
+                seconds=(result.finished or time.time()) - result.started,
+            )
+        if write:
+            self._snapshots = self._writer().submit(self._save_snapshot, gathering)
+
+    def _writer(self) -> ThreadPoolExecutor:
+        """One background thread per process writes snapshots, oldest first (a refresh's lands last)."""
+        with self._lock:
+            if self._snapshot_pool is None or self._snapshot_pid != os.getpid():  # none survives a fork
+                self._snapshot_pool = ThreadPoolExecutor(1, thread_name_prefix="record-snapshot")
+                self._snapshot_pid = os.getpid()
+            return self._snapshot_pool
+
+    def flush_snapshots(self, timeout: float = 10) -> bool:
+        """Wait for the snapshots handed to the writer so far (tests, benchmarks); True when all are written."""
+        pending = self._snapshots
+        if pending is None:
+            return True
+        try:
+            pending.result(timeout)
+        except TimeoutError:
+            return False
+        except Exception:  # noqa: BLE001 - logged by the writer
+            return True
+        return True
 
     # -- the shared record cache (Redis): one fetch per launch, whichever node serves the next page ------
     def _save_snapshot(self, entry: Gathering) -> None:
-        data = {
-            "created": entry.created,
-            "patient": entry.patient,
-            "nhs": entry.nhs_number,
-            "request_id": entry.job.request_id,
-            "results": [snapshot_of(r) for r in entry.job.results.values()],
-        }
-        ttl = max(int(RECORD_TTL - (time.time() - entry.created)), 1)
-        self.shared.set_bytes(f"record:{entry.ctx_id}", zlib.compress(orjson.dumps(data), 1), ttl)
-        entry.shared = True
+        """Runs on the writer thread, after the fetch is complete."""
+        try:
+            data = {
+                "created": entry.created,
+                "patient": entry.patient,
+                "nhs": entry.nhs_number,
+                "request_id": entry.job.request_id,
+                "results": [snapshot_of(r) for r in entry.job.results.values()],
+            }
+            ttl = max(int(RECORD_TTL - (time.time() - entry.created)), 1)
+            self.shared.set_bytes(f"record:{entry.ctx_id}", zlib.compress(orjson.dumps(data), 1), ttl)
+        except Exception as exc:  # noqa: BLE001 - the page was served; another worker just fetches again
+            log.warning("record snapshot for %s… not written: %s", entry.ctx_id[:6], exc.__class__.__name__)
+            entry.shared = False
 
     def _load_snapshot(self, ctx: LaunchContext) -> Gathering | None:
         raw = self.shared.get_bytes(f"record:{ctx.id}")
@@ -296,6 +401,20 @@ class RecordService:
         return None
 
 
+def _read_at_callback(read: Future | None, ctx: LaunchContext) -> dict | None:
+    """The launch's Patient as the callback read it, or None (not read there, failed, or not that Patient):
+    then the gathering reads it itself."""
+    if read is None:
+        return None
+    try:
+        patient = read.result(timeout=EHR_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - read again below, so the gathering reports its own error
+        log.info("the callback's read of the patient for %s… failed (%s)", ctx.id[:6], exc.__class__.__name__)
+        return None
+    ok = isinstance(patient, dict) and patient.get("resourceType") == "Patient" and patient.get("id") == ctx.patient
+    return patient if ok else None
+
+
 def list_labels(catalogue: Catalogue) -> dict[str, str]:
     """Each fetched resource type's list in plain words ("results", "care plans"), for the completeness banner."""
     return {t: (s.label or s.name.replace("_", " ")).lower() for s in catalogue.sections for t in s.resource_types}
@@ -311,3 +430,57 @@ def _source_ref(source: RecordSource, resource: dict) -> SourceRef:
         url=f"{source.base_url}/{reference}",
         last_updated=(resource.get("meta") or {}).get("lastUpdated"),
     )
+
+
+class _Merge:
+    """The one merge of a gathering (``Catalogue.build`` of everything answered), from which each withholding
+    rule's view is derived."""
+
+    def __init__(
+        self,
+        gathering: Gathering,
+        results: list[SourceResult],
+        items: dict[str, list[Item]],
+        sections: dict[str, list[Row]],
+        warnings: list[str],
+        complete: bool,
+    ) -> None:
+        self.nhs_number, self.patient, self.results = gathering.nhs_number, gathering.patient, results
+        self.items, self.sections, self.warnings, self.complete = items, sections, warnings, complete
+        count = sum(len(v) for v in items.values())
+        self.rows = sum(len(v) for v in sections.values())
+        self.kept_bytes = count * MERGED_BYTES_PER_ITEM + self.rows * MERGED_BYTES_PER_ROW
+
+    def view(self, catalogue: Catalogue, withholding: Withholding | None) -> ConsolidatedRecord:
+        """The record as ``withholding`` allows: the withheld resources never reach a row."""
+        hidden: set[int] = set()
+        if withholding is not None:
+            hidden = {
+                id(item.resource)
+                for items in self.items.values()
+                for item in items
+                if withholding.hides(item.source.ods or None, item.resource)
+            }
+        sections = self.sections
+        if hidden:
+            sections = {}
+            for name, rows in self.sections.items():
+                spec = catalogue.get(name)
+                derived = without(rows, hidden) if isinstance(spec.build, Rule) else None
+                if derived is None:  # a section whose merge is a plain function: merge what is left afresh
+                    left = [
+                        i for t in spec.resource_types for i in self.items.get(t, []) if id(i.resource) not in hidden
+                    ]
+                    whole = sum(len(self.items.get(t, [])) for t in spec.resource_types)
+                    derived = spec.build(left) if len(left) < whole else rows
+                sections[name] = derived
+        return ConsolidatedRecord(
+            nhs_number=self.nhs_number,
+            patient=self.patient,
+            results=self.results,
+            sections=sections,
+            warnings=self.warnings,
+            complete=self.complete,
+            withheld=len(hidden),
+            kept_bytes=VIEW_BYTES_PER_ROW * self.rows if hidden else 0,
+        )

@@ -194,7 +194,7 @@ def test_fault_at_one_organisation(http, sandbox, viewer, monkeypatch, fault, ba
 
 
 def test_progress_shows_each_organisation_while_loading(http, sandbox, viewer):
-    set_fault(http, sandbox, "council", latency_ms=1200)  # three round trips: beyond the first screen
+    set_fault(http, sandbox, "council", latency_ms=2000)  # beyond the first screen, even with one round trip
     first = open_record(http, sandbox)
     assert "Still loading:</strong> Northgate City Council Social Care" in first.text
     assert 'hx-get="/r/' in first.text and 'hx-trigger="every 1s"' in first.text
