@@ -111,10 +111,12 @@ class AuditStore:
             @event.listens_for(engine, "connect")
             def _pragmas(dbapi_conn, _record):
                 cur = dbapi_conn.cursor()
-                # First: without a busy timeout, the journal_mode pragma of a new connection fails at once
-                # ("database is locked") while another connection is writing.
                 cur.execute("PRAGMA busy_timeout=30000")
-                cur.execute("PRAGMA journal_mode=WAL")
+                # WAL is a property of the database file: set it once. Asking to set it on every new connection
+                # takes a lock SQLite's busy handler does not wait for, so a connection opened while another
+                # writes failed at once with "database is locked".
+                if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    _set_wal(cur)
                 cur.execute("PRAGMA synchronous=FULL")  # an audit trail must survive power loss (pitfall D1)
                 cur.close()
 
@@ -307,3 +309,18 @@ class AuditStore:
         index = {c: getattr(r, c) for c in INDEX_COLUMNS}
         event = {**json.loads(r.event_json), "id": f"audit-{r.seq}"}  # the id is the sequence, not hashed
         return StoredEvent(r.seq, r.recorded, event, r.prev_hash, r.hash, index, r.event_json)
+
+
+def _set_wal(cur, attempts: int = 50) -> None:
+    """Switch a new database to WAL, retrying while another connection holds it (first start, many threads)."""
+    import sqlite3
+    import time as _time
+
+    for attempt in range(attempts):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            _time.sleep(0.05)
