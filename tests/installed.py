@@ -56,14 +56,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def log_tail(log: Path, chars: int = LOG_TAIL) -> str:
+def log_tail(log: Path | None, chars: int = LOG_TAIL) -> str:
+    if log is None:
+        return "(no log)"
     try:
         return log.read_text(errors="replace")[-chars:]
     except OSError:
         return "(no log)"
 
 
-def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+def wait_for(url: str, proc: subprocess.Popen, log: Path | None = None, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

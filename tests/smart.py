@@ -167,3 +167,19 @@ class SandboxClient:
 def decode_unverified(token: str) -> dict:
     payload = token.split(".")[1]
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def ehr_client(base: str):
+    """An EhrFhirClient on ``base`` holding a fresh token set, as the callback leaves it (for loopback EHRs)."""
+    from core.state.store import MemoryStore
+    from launch.ehr_client import EhrFhirClient
+    from launch.keys import generate_keyset
+    from launch.registration import ClientSettings, EhrRegistration
+    from launch.tokens import TokenManager, TokenSet
+
+    ehr = EhrRegistration(name="EHR", issuer=base, client_id="scr", client_auth="none")
+    tokens = TokenManager(
+        MemoryStore(), ClientSettings("https://viewer.example", (ehr,), ("Patient",)), generate_keyset()
+    )
+    tokens.save("ctx", TokenSet("at", time.time() + 600, "openid fhirUser", f"{base}/token", base))
+    return EhrFhirClient(tokens, "ctx", base)

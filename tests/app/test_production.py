@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from sqlalchemy import create_engine, text
 
 from tests.app.audit.conftest import PG_ADMIN_URL
 from tests.conftest import IN_CI, ROOT, SYNTHEA_DIR, LoopbackCookieJar
+from tests.installed import free_port, stop, wait_for
 
 REDIS_URL = os.environ.get("SCR_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
@@ -44,36 +44,6 @@ def _services_or_skip() -> None:
         if IN_CI:
             pytest.fail("CI=true but production services are missing: " + "; ".join(problems))
         pytest.skip("production services not running here: " + "; ".join(problems))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            if requests.get(url, timeout=2).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never answered")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture

@@ -17,14 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from core.identifiers import ACTIVITY_CODE_SYSTEM, JOB_ROLE_SYSTEM
-from core.state.store import MemoryStore
 from launch.ehr_client import EhrFhirClient
 from launch.flow import CallbackReads
 from launch.identity import NO_INCLUDE, resolve_identity
-from launch.keys import generate_keyset
-from launch.registration import ClientSettings, EhrRegistration
-from launch.tokens import TokenManager, TokenSet
 from tests.app.record.test_round_trips import sandbox_requests
+from tests.smart import ehr_client
 
 MARGARET = "9991000372"
 PRACTITIONER = {"resourceType": "Practitioner", "id": "p1", "name": [{"family": "Okafor", "given": ["Ada"]}]}
@@ -87,12 +84,7 @@ class Ehr:
         self.base = f"http://127.0.0.1:{self.server.server_port}/fhir"
 
     def client(self) -> EhrFhirClient:
-        ehr = EhrRegistration(name="EHR", issuer=self.base, client_id="scr", client_auth="none")
-        tokens = TokenManager(
-            MemoryStore(), ClientSettings("https://viewer.example", (ehr,), ("Patient",)), generate_keyset()
-        )
-        tokens.save("ctx", TokenSet("at", time.time() + 600, "openid fhirUser", f"{self.base}/token", self.base))
-        return EhrFhirClient(tokens, "ctx", self.base)
+        return ehr_client(self.base)
 
     def resolve(self, fhir_user: str = "Practitioner/p1"):
         self.seen.clear()

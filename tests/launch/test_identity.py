@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from core.identifiers import ACTIVITY_CODE_SYSTEM, JOB_ROLE_SYSTEM, ODS_SYSTEM
-from core.state.store import MemoryStore
 from launch.ehr_client import EhrFhirClient
 from launch.errors import IdentityUnresolved
 from launch.identity import resolve_identity
-from launch.keys import generate_keyset
-from launch.registration import ClientSettings, EhrRegistration
 from launch.roles import IdentityPolicy, Organisation, RoleGrant
-from launch.tokens import TokenManager, TokenSet
+from tests.smart import ehr_client
 
 PRACTITIONER = {
     "resourceType": "Practitioner",
@@ -102,12 +98,7 @@ class Ehr:
         self.base = f"http://127.0.0.1:{self.server.server_port}/fhir"
 
     def client(self) -> EhrFhirClient:
-        ehr = EhrRegistration(name="EHR", issuer=self.base, client_id="scr", client_auth="none")
-        tokens = TokenManager(
-            MemoryStore(), ClientSettings("https://viewer.example", (ehr,), ("Patient",)), generate_keyset()
-        )
-        tokens.save("ctx", TokenSet("at", time.time() + 600, "openid fhirUser", f"{self.base}/token", self.base))
-        return EhrFhirClient(tokens, "ctx", self.base)
+        return ehr_client(self.base)
 
 
 @pytest.fixture

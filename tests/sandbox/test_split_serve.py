@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,7 @@ from joserfc import jwt
 
 from sandbox.keys import ACCESS_TOKEN_ALG, ServerKeys
 from tests.conftest import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.installed import free_port
 
 
 def test_shared_keys_are_written_once_and_read_by_everyone(tmp_path):
