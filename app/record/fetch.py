@@ -131,6 +131,7 @@ class SourceProblem(Exception):
     def __init__(self, reason: str, fatal: bool = False, status: int | None = None) -> None:
         super().__init__(reason)
         self.reason, self.fatal, self.status = reason, fatal, status
+        self.read: tuple[list[dict], int] = ([], 0)  # what the list had read before it stopped (kept, shown)
 
 
 class FetchJob:
@@ -296,8 +297,8 @@ class FetchJob:
                 log.info("request %s: %s refused patient.identifier on %s", self.request_id, result.source.id, rtype)
                 CAPABILITIES.put(result.source.base_url, frozenset(), CAPABILITY_RETRY)
                 resources, size = self._search_all(result, rtype, deadline, token, gate, False)
-        except SourceProblem as exc:
-            problem, resources = exc.reason, []
+        except SourceProblem as exc:  # a later page failed: the pages read before it are kept, with the reason
+            problem, (resources, size) = exc.reason, exc.read
         except Exception:  # noqa: BLE001
             log.exception("request %s: %s %s failed", self.request_id, result.source.id, rtype)
             problem, resources = "could not be read completely because of an unexpected error", []
@@ -467,6 +468,10 @@ class FetchJob:
                 url, params = next_url, None
             self._cut(result, CUT_PAGES, label)
             return out, size
+        except SourceProblem as exc:
+            if not exc.fatal:
+                exc.read = (out, size)
+            raise
         finally:
             if ahead is not None:  # not needed after all (cut, or a problem): taken back, or its answer ignored
                 ahead.discard()
