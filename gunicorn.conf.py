@@ -64,20 +64,23 @@ def post_fork(server, worker):
 
 
 def _log_gc_pauses(path, threshold_ms):
-    """Append ``pid start_epoch_s generation pause_ms`` to ``path`` for every collection of at least
-    ``threshold_ms``, from a ``gc.callbacks`` hook (one short O_APPEND write per logged pause)."""
+    """Append ``pid start_epoch_s generation pause_ms cpu_ms`` to ``path`` for every collection of at least
+    ``threshold_ms``, from a ``gc.callbacks`` hook (one short O_APPEND write per logged pause). ``pause_ms`` is
+    wall time (what a request waits: the collector holds the GIL); ``cpu_ms`` is the collecting thread's CPU
+    time, so a pause stretched by the OS running other processes on a busy machine can be told apart."""
     import time
 
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    started = [0.0, 0.0]
+    started = [0.0, 0.0, 0.0]
 
     def on_gc(phase, info):
         if phase == "start":
-            started[0], started[1] = time.time(), time.perf_counter()
+            started[:] = time.time(), time.perf_counter(), time.thread_time()
             return
         ms = (time.perf_counter() - started[1]) * 1000
         if ms >= threshold_ms:
-            os.write(fd, f"{os.getpid()} {started[0]:.6f} {info['generation']} {ms:.3f}\n".encode())
+            cpu = (time.thread_time() - started[2]) * 1000
+            os.write(fd, f"{os.getpid()} {started[0]:.6f} {info['generation']} {ms:.3f} {cpu:.3f}\n".encode())
 
     gc.callbacks.append(on_gc)
 
