@@ -305,7 +305,7 @@ LIMITS = Table(
         "resources_per_type": Key(INTEGER, 10_000, check=at_least(1)),
         "resources_per_patient": Key(INTEGER, 50_000, check=at_least(1)),
         "launch_mb": Key(NUMBER, 100.0, check=more_than(0, 4096, " MB")),
-        "cache_mb": Key(NUMBER, 32.0, check=more_than(0, 65536, " MB")),
+        "cache_mb": Key(NUMBER, 24.0, check=more_than(0, 65536, " MB")),
     },
 )
 
@@ -546,7 +546,7 @@ class LimitSettings:
     resources_per_type: int = 10_000  # one list (e.g. Observations) from one organisation
     resources_per_patient: int = 50_000  # every list from one organisation, for this patient
     launch_bytes: int = 100 * MB  # everything one launch receives, shared equally by its organisations
-    cache_bytes: int = 32 * MB  # the per-launch record cache of one process (JSON size of what it keeps)
+    cache_bytes: int = 24 * MB  # the per-launch record cache of one process (JSON size of what it keeps)
 
 
 @dataclass(frozen=True)

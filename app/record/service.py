@@ -7,9 +7,10 @@ per withholding rule, after the access decision: what may not be shown never rea
 The cache is bounded by bytes, not by count: the JSON size of the raw resources each gathering keeps
 (``SourceResult.bytes``), at most ``[limits] cache_mb`` per process, the oldest launch dropped first; the
 newest is always kept (one launch is itself bounded by ``launch_mb``). Parsed resources take about 4.6x
-their JSON size in memory, so the default 32 MB is about 150 MB of Python objects: about 11 launches of the
-largest sandbox patient (~2.8 MB of JSON, ~12.7 MB in memory each, bench/README.md), where the old bound
-of 20 records allowed 20 whatever their size.
+their JSON size in memory, so the default 24 MB is about 110 MB of Python objects: about 8 launches of the
+largest sandbox patient (~2.8 MB of JSON, ~12.7 MB in memory each, bench/README.md), which keeps a gunicorn
+worker under 250 MB (32 MB did not). When records are dropped, the freed memory is given back to the system
+(``release_freed``) and a complete record is frozen out of the collector (``settle``; app/runtime.py).
 
 What one cached record keeps, and all of it is counted in that bound (``Gathering.size``):
 
@@ -39,6 +40,7 @@ from typing import Protocol
 import orjson
 
 from app.config import Config
+from app.runtime import release_freed, settle
 from core.fhir_client import TokenSource, log_source_reads
 from core.http import fetch_executor
 from core.names import display_name
@@ -152,6 +154,7 @@ class RecordService:
         """``shared``: a store with get_bytes/set_bytes (Redis) so any worker or host can reuse a fetch."""
         self.config, self.catalogue, self.tokens, self.backend, self.shared = config, catalogue, tokens, backend, shared
         self._cache: dict[str, Gathering] = {}
+        self._trim_due = False  # records were dropped from the cache since the last release_freed()
         self._lock = threading.Lock()
         self._starting: dict[str, Future] = {}
         self._snapshot_pool: ThreadPoolExecutor | None = None
@@ -234,11 +237,13 @@ class RecordService:
 
         Called with the lock held, whenever a gathering is added; a gathering still filling counts what it
         holds so far."""
+        before = len(self._cache)
         for key in [k for k, e in self._cache.items() if time.time() - e.created > 4 * RECORD_TTL]:
             del self._cache[key]
         total = sum(e.size for e in self._cache.values())
         while len(self._cache) > 1 and total > self.config.limits.cache_bytes:  # oldest first: insertion order
             total -= self._cache.pop(next(iter(self._cache))).size
+        self._trim_due = self._trim_due or len(self._cache) < before
 
     @property
     def cached_bytes(self) -> int:
@@ -320,6 +325,10 @@ class RecordService:
             gathering.announced = True
             write = self.shared is not None and not gathering.shared
             gathering.shared = gathering.shared or write  # claimed: written once
+        settle()  # the parsed record stays for minutes: out of the collector's walks (app/runtime.py)
+        if self._trim_due:  # records were dropped since: give their freed pages back to the system
+            self._trim_due = False
+            release_freed()
         if not write and self.shared is not None:
             return  # read from the shared cache: the worker that fetched it logged it
         for result in gathering.job.results.values():

@@ -99,3 +99,22 @@ def test_tune_gc_sets_the_thresholds_and_freezes_what_exists():
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)  # noqa: S603
     thresholds, frozen = json.loads(done.stdout)
     assert tuple(thresholds) == GC_THRESHOLDS and frozen >= 5000
+
+
+def test_settle_freezes_a_complete_record_only_in_a_tuned_process():
+    """A record kept in the cache is out of later collections once settled, but only where an entry point
+    tuned the process (a test process, or a library user, is left alone); release_freed is safe to call."""
+    script = (
+        "import gc, json; from app.runtime import release_freed, settle, tune_gc\n"
+        "record = [{'resourceType': 'Observation', 'code': {'coding': [{'code': str(i)}]}} for i in range(3000)]\n"
+        "settle(); untuned = gc.get_freeze_count()\n"
+        "tune_gc(); frozen = gc.get_freeze_count()\n"
+        "later = [{'id': str(i), 'meta': {}} for i in range(3000)]\n"
+        "settle(); release_freed()\n"
+        "walked = {id(o) for o in gc.get_objects()}\n"
+        "print(json.dumps([untuned, gc.get_freeze_count() - frozen, id(later) in walked, id(later[0]) in walked]))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)  # noqa: S603
+    untuned, newly_frozen, list_walked, item_walked = json.loads(done.stdout)
+    assert untuned == 0, "settle() froze in a process that never called tune_gc()"
+    assert newly_frozen >= 3000 and not list_walked and not item_walked

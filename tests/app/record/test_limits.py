@@ -216,7 +216,7 @@ def test_limits_defaults_and_the_table(tmp_path: Path):
         10_000,
         50_000,
     )
-    assert (defaults.launch_bytes, defaults.cache_bytes) == (100 * MB, 32 * MB)
+    assert (defaults.launch_bytes, defaults.cache_bytes) == (100 * MB, 24 * MB)
     text = SANDBOX_CONFIG.read_text(encoding="utf-8")
     path = tmp_path / "scr.toml"
     path.write_text(text + "\n[limits]\npage_mb = 0.5\nresources_per_type = 20\nlaunch_mb = 3\n", encoding="utf-8")
