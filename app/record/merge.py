@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 from core.names import display_name
 
+from . import values
+
 OPEN_END = "9999-12-31"
 NKA_CODES = {
     "716186003": "No known allergy",
@@ -81,6 +83,7 @@ class ResultDetail:
     category: str
     numeric: dict[str, tuple[float, str]]  # series name → (value, unit), for trend charts
     interpretation: str
+    reference: str = ""  # the reference range in words (values.reference_range)
 
 
 @dataclass(slots=True)
@@ -151,17 +154,8 @@ def code_key(concept: dict | None) -> str | None:
 
 
 def concept_text(concept: dict | None) -> str:
-    if not isinstance(concept, dict):
-        return ""
-    if concept.get("text"):
-        return concept["text"]
-    for coding in concept.get("coding") or []:
-        if coding.get("display"):
-            return coding["display"]
-    for coding in concept.get("coding") or []:
-        if coding.get("code"):
-            return coding["code"]
-    return ""
+    """A CodeableConcept in words (values.concept: known displays for bare codes such as ``vital-signs``)."""
+    return values.concept(concept)
 
 
 def day(value: str | None) -> str | None:
@@ -585,29 +579,7 @@ def _encounter_row(members: list[Item]) -> Row:
 encounters = Rule(_encounter_row)
 
 
-def observation_value(r: dict) -> str:
-    if "valueQuantity" in r:
-        q = r["valueQuantity"]
-        return f"{_num(q.get('value'))} {q.get('unit') or q.get('code') or ''}".strip()
-    if "valueCodeableConcept" in r:
-        return concept_text(r["valueCodeableConcept"])
-    for key in ("valueString", "valueBoolean", "valueInteger", "valueDateTime"):
-        if key in r:
-            return str(r[key])
-    parts = []
-    for c in r.get("component") or []:
-        if "valueQuantity" in c:
-            parts.append(f"{_num(c['valueQuantity'].get('value'))}")
-    if parts:
-        unit = (r["component"][0].get("valueQuantity") or {}).get("unit", "")
-        return "/".join(parts) + (f" {unit}" if unit else "")
-    return ""
-
-
-def _num(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.2f}".rstrip("0").rstrip(".")
-    return str(v)
+observation_value = values.observation_value
 
 
 def observation_time(r: dict) -> str | None:
@@ -630,9 +602,10 @@ def _result_row(members: list[Item]) -> Row:
         status=r.get("status"),
         detail=ResultDetail(
             value=observation_value(r),
-            category=next((concept_text(c) for c in r.get("category") or []), ""),
+            category=values.category(r),
             numeric=numeric_points(r),
-            interpretation=concept_text((r.get("interpretation") or [None])[0]),
+            interpretation=values.interpretation(r),
+            reference=values.reference_range(r),
         ),
     )
 
@@ -644,12 +617,12 @@ def numeric_points(r: dict) -> dict[str, tuple[float, str]]:
     """Series name → (value, unit) for charting: the observation itself or each component."""
     out = {}
     q = r.get("valueQuantity")
-    if isinstance(q, dict) and isinstance(q.get("value"), int | float):
-        out[concept_text(r.get("code"))] = (float(q["value"]), q.get("unit") or "")
+    if isinstance(q, dict) and isinstance(q.get("value"), int | float) and not isinstance(q.get("value"), bool):
+        out[concept_text(r.get("code"))] = (float(q["value"]), values.unit(q.get("unit"), q.get("code")))
     for c in r.get("component") or []:
-        cq = c.get("valueQuantity")
-        if isinstance(cq, dict) and isinstance(cq.get("value"), int | float):
-            out[concept_text(c.get("code"))] = (float(cq["value"]), cq.get("unit") or "")
+        cq = c.get("valueQuantity") if isinstance(c, dict) else None
+        if isinstance(cq, dict) and isinstance(cq.get("value"), int | float) and not isinstance(cq.get("value"), bool):
+            out[concept_text(c.get("code"))] = (float(cq["value"]), values.unit(cq.get("unit"), cq.get("code")))
     return out
 
 

@@ -116,32 +116,45 @@ def first_day(*values) -> str | None:
 
 
 def number(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.2f}".rstrip("0").rstrip(".")
-    return str(v)
+    """A number as recorded: integers as they are, decimals by their shortest exact form (no rounding)."""
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def loinc(element: dict) -> set[str]:
+    return {
+        c.get("code") for c in (element.get("code") or {}).get("coding") or [] if c.get("system") == "http://loinc.org"
+    }
+
+
+def quantity_key(q: dict) -> str:
+    return (q.get("comparator") or "") + number(q.get("value")) + " " + (q.get("unit") or q.get("code") or "")
 
 
 def shown_value(r: dict) -> str:
-    """The value as the results page writes it (quantities to two decimals, with the unit)."""
+    """What identifies the value as the results page writes it: each value as recorded with its unit, blood
+    pressure as systolic/diastolic by component code, any other component under its own code. (Unit display
+    is one-to-one, so raw units separate the same facts the page's words do.)"""
+    parts = []
     if "valueQuantity" in r:
-        q = r["valueQuantity"]
-        unit = q.get("unit") or q.get("code") or ""
-        return (number(q.get("value")) + " " + unit).strip()
-    if "valueCodeableConcept" in r:
+        parts.append(quantity_key(r["valueQuantity"]))
+    elif "valueCodeableConcept" in r:
         c = r["valueCodeableConcept"]
-        return (
+        parts.append(
             c.get("text")
             or next((x["display"] for x in c.get("coding", []) if x.get("display")), "")
             or next((x["code"] for x in c.get("coding", []) if x.get("code")), "")
         )
-    for k in ("valueString", "valueBoolean", "valueInteger", "valueDateTime"):
-        if k in r:
-            return str(r[k])
-    quantities = [c["valueQuantity"] for c in r.get("component") or [] if "valueQuantity" in c]
-    if quantities:
-        unit = (r["component"][0].get("valueQuantity") or {}).get("unit", "")
-        return "/".join(number(q.get("value")) for q in quantities) + (" " + unit if unit else "")
-    return ""
+    else:
+        parts += [str(r[k]) for k in ("valueString", "valueBoolean", "valueInteger", "valueDateTime") if k in r]
+    components = r.get("component") or []
+    by_code = {code: c for c in components for code in loinc(c) & {"8480-6", "8462-4"}}
+    if len(by_code) == 2:
+        parts.append(
+            quantity_key(by_code["8480-6"]["valueQuantity"]) + "/" + quantity_key(by_code["8462-4"]["valueQuantity"])
+        )
+        components = [c for c in components if not loinc(c) & {"8480-6", "8462-4"}]
+    parts += [code(c.get("code")) + "=" + quantity_key(c["valueQuantity"]) for c in components if "valueQuantity" in c]
+    return "; ".join(parts)
 
 
 def problem_interval(r: dict) -> tuple[str, str]:
