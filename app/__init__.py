@@ -81,14 +81,16 @@ def create_app(config: Config | None = None, catalogue: Catalogue = CATALOGUE) -
 
 
 def _install_template_helpers(app: Flask) -> None:
-    import time
-
+    from core import ukdates
     from core.nhs_number import format_nhs_number
 
     from .views.csrf import csrf_token
+    from .views.dateinput import parts as date_parts
 
     app.jinja_env.filters["nhs"] = lambda v: format_nhs_number(v or "")
-    app.jinja_env.filters["clock"] = lambda t: time.strftime("%H:%M", time.localtime(t))
+    app.jinja_env.filters["clock"] = ukdates.uk_time  # a UNIX time as HH:mm, UK local time
+    ukdates.register(app.jinja_env)
+    app.jinja_env.globals["date_parts"] = date_parts
     app.jinja_env.globals["csrf_token"] = csrf_token
 
 

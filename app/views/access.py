@@ -11,8 +11,9 @@ from app.security import local_path
 from app.services import services
 from launch.context import LaunchContext
 
+from .banner import patient_banner
 from .csrf import check_csrf
-from .record import act_on, load_context, patient_banner
+from .record import act_on, load_context
 
 bp = Blueprint("access", __name__, url_prefix="/r/<ctx_id>/access")
 FORM_WAIT = 10.0
@@ -37,7 +38,7 @@ def _page(template: str, ctx: LaunchContext, look: Look, error: str | None = Non
         template,
         ctx=ctx,
         record=look.record,
-        banner=patient_banner(look.record.patient),
+        banner=patient_banner(look.record.patient, ctx.need_patient_banner),
         user=ctx.identity,
         decision=decision,
         error=error,

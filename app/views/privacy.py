@@ -15,6 +15,7 @@ from app.services import services
 from core.nhs_number import is_valid, normalise
 from launch.context import LaunchContext
 
+from . import dateinput
 from .csrf import check_csrf
 from .record import load_context, refused
 
@@ -70,7 +71,7 @@ def acknowledge(ctx_id: str, alert_id: int):
 
 
 def _date(name: str) -> str | None:
-    value = request.args.get(name, "")
+    value = dateinput.read(request.args, name)
     return value if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) else None
 
 
@@ -95,6 +96,7 @@ def audit_search(ctx_id: str):
         ctx=ctx,
         events=[_row(e) for e in events],
         args=request.args,
+        dates={"from": filters["date_from"] or "", "to": filters["date_to"] or ""},
         searched=searched,
         user=ctx.identity,
     )
@@ -151,7 +153,7 @@ def training(ctx_id: str):
     error = None
     if request.method == "POST":
         check_csrf()
-        sds, completed = request.form.get("sds_user_id", "").strip(), request.form.get("completed", "")
+        sds, completed = request.form.get("sds_user_id", "").strip(), dateinput.read(request.form, "completed")
         if not re.fullmatch(r"\d{6,20}", sds) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", completed):
             error = "Give the user's SDS user id (digits) and the date training was completed."
         else:

@@ -36,8 +36,8 @@ from app.record.catalogue import TABLE
 from app.record.charts import legend, trend_svg
 from app.record.export import export_bundle
 from app.services import services
-from core.names import display_name
-from core.nhs_number import format_nhs_number, from_identifiers, is_valid
+from app.views import dateinput
+from app.views.banner import patient_banner
 from launch.context import LaunchContext
 from launch.errors import SessionExpired
 from launch.roles import IDENTITY_SOURCE_LABELS
@@ -94,27 +94,6 @@ def load_context(ctx_id: str) -> LaunchContext:
     return ctx
 
 
-def patient_banner(patient: dict | None) -> dict | None:
-    """What the banner shows; an invalid or missing NHS number is said plainly, never hidden."""
-    if patient is None:
-        return None
-    nhs = from_identifiers(patient.get("identifier"))
-    address = (patient.get("address") or [{}])[0]
-    gp = (patient.get("generalPractitioner") or [{}])[0]
-    return {
-        "name": display_name(patient.get("name")) or "Unknown",
-        "birth_date": patient.get("birthDate"),
-        "gender": patient.get("gender"),
-        "nhs_number": format_nhs_number(nhs) if nhs else None,
-        "nhs_number_valid": bool(nhs and is_valid(nhs)),
-        "deceased": patient.get("deceasedDateTime") or patient.get("deceasedBoolean"),
-        "address": ", ".join([*address.get("line", []), address.get("city", ""), address.get("postalCode", "")]).strip(
-            ", "
-        ),
-        "gp": gp.get("display") or (gp.get("identifier") or {}).get("value"),
-    }
-
-
 def page_url(ctx: LaunchContext, name: str) -> str:
     section = services().catalogue.get(name)
     if section is None or section.page is None:
@@ -160,7 +139,7 @@ def act_on(ctx: LaunchContext, look: Look, section: str):
             "record/loading.html",
             ctx=ctx,
             record=look.record,
-            banner=patient_banner(look.record.patient),
+            banner=patient_banner(look.record.patient, ctx.need_patient_banner),
             user=ctx.identity,
             section=section,
             disclose=look.disclose,  # the organisations' names and states, only for users who may learn them
@@ -180,7 +159,7 @@ def act_on(ctx: LaunchContext, look: Look, section: str):
         "access/refused.html",
         ctx=ctx,
         record=look.record,
-        banner=patient_banner(look.record.patient if look.record else None),
+        banner=patient_banner(look.record.patient if look.record else None, ctx.need_patient_banner),
         basis=look.verdict.basis,
         user=ctx.identity,
         section=section,
@@ -197,7 +176,7 @@ def render(template: str, ctx: LaunchContext, look: Look, section: str, **kw) ->
         template,
         ctx=ctx,
         record=look.record,
-        banner=patient_banner(look.record.patient),
+        banner=patient_banner(look.record.patient, ctx.need_patient_banner),
         user=ctx.identity,
         section=section,
         sections=[(s.name, s.label, page_url(ctx, s.name)) for s in pages],
@@ -293,7 +272,7 @@ def _wants_all(name: str) -> bool:
 
 
 def _date_arg(name: str) -> str | None:
-    value = request.args.get(name, "")
+    value = dateinput.read(request.args, name)
     return value if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) else None
 
 

@@ -19,6 +19,7 @@ from app.access.register import REQUESTABLE_ROLES, TRAINING_KEY_MAX, AccessRegis
 from app.services import services
 from launch.context import LaunchContext
 
+from . import dateinput
 from .csrf import check_csrf
 from .record import load_context, refused
 
@@ -52,7 +53,7 @@ def request_form(ctx_id: str):
     form, problems = {}, {}
     if request.method == "POST":
         check_csrf()
-        form = {k: request.form.get(k, "") for k in _REQUEST_FIELDS}
+        form = _form(_REQUEST_FIELDS)
         try:
             register.submit(
                 ctx.identity,
@@ -83,6 +84,13 @@ def request_form(ctx_id: str):
         problems=problems,
         today=register.today().isoformat(),
     ), (400 if problems else 200)
+
+
+DATE_FIELDS = ("expires", "training_completed")  # typed as day, month and year boxes (dateinput.py)
+
+
+def _form(fields: tuple[str, ...]) -> dict[str, str]:
+    return {k: dateinput.read(request.form, k) if k in DATE_FIELDS else request.form.get(k, "") for k in fields}
 
 
 _REQUEST_FIELDS = (
@@ -153,7 +161,7 @@ def add(ctx_id: str):
     ctx = _manager(ctx_id)
     check_csrf()
     fields = ("issuer", "subject", "role_codes", "activity_codes", "expires", "organisation_ods")
-    form = {k: request.form.get(k, "") for k in fields}
+    form = _form(fields)
     if services().config.ehr_for_issuer(form["issuer"].strip().rstrip("/")) is None:
         return _entries_page(ctx, 400, form, {"issuer": "Choose one of the registered clinical systems."})
     try:
@@ -178,7 +186,8 @@ def renew(ctx_id: str, entry_id: int):
     ctx = _manager(ctx_id)
     check_csrf()
     try:
-        _register().renew(entry_id, request.form.get("expires", ""), by=ctx.identity, request_id=g.request_id, ctx=ctx)
+        expires = dateinput.read(request.form, "expires")
+        _register().renew(entry_id, expires, by=ctx.identity, request_id=g.request_id, ctx=ctx)
     except RegisterError as exc:
         return _entries_page(ctx, 400, problems={f"entry-{entry_id}": f"Entry {entry_id}: {exc}"})
     return redirect(url_for("register.entries", ctx_id=ctx.id))
@@ -241,7 +250,7 @@ def approve(ctx_id: str, number: int):
     ctx = _manager(ctx_id)
     check_csrf()
     fields = ("role_codes", "activity_codes", "expires", "organisation_ods", "note")
-    form = {k: request.form.get(k, "") for k in fields}
+    form = _form(fields)
     try:
         _register().approve(
             number,

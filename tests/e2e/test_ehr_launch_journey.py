@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 from playwright.sync_api import Page, expect
 
+from core.names import banner_name
 from core.nhs_number import format_nhs_number
 
 
@@ -22,6 +23,12 @@ def sign_in_and_open(page: Page, sandbox, user_name: str, patient_name: str) -> 
     expect(page.get_by_role("toolbar")).to_be_visible()
 
 
+def banner_name_of(sandbox, person) -> str:
+    """The CUI banner form of the person's name, from the sandbox's own record of them."""
+    org = next(iter(person.ids))
+    return banner_name(sandbox.state.dataset.stores[org].read("Patient", person.ids[org]).get("name"))
+
+
 def test_toolbar_launch_embedded_in_the_ehr_page(page: Page, sandbox, artifacts):
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
@@ -30,7 +37,7 @@ def test_toolbar_launch_embedded_in_the_ehr_page(page: Page, sandbox, artifacts)
     page.get_by_role("button", name="Shared Care Record").click()
 
     frame = page.frame_locator("#scr-panel")
-    expect(frame.locator("#patient-name")).to_have_text(person.name)
+    expect(frame.locator("#patient-name")).to_have_text(banner_name_of(sandbox, person))
     expect(frame.locator("#nhs-number")).to_have_text(format_nhs_number(person.nhs_number))
     expect(frame.locator("#user-name")).to_have_text("Dr Anita Patel")
     launch = sandbox.state.recent_launches()[0]
@@ -52,7 +59,7 @@ def test_toolbar_launch_in_a_new_window(page: Page, sandbox, artifacts):
         page.get_by_role("button", name="Shared Care Record").click()
     popup = popup_info.value
     popup.wait_for_load_state()
-    expect(popup.locator("#patient-name")).to_have_text(person.name)
+    expect(popup.locator("#patient-name")).to_have_text(banner_name_of(sandbox, person))
     assert popup.url.startswith(f"{sandbox.viewer_url}/r/")
     assert sandbox.state.recent_launches()[0].iss == sandbox.fhir_base("hospital")
     popup.screenshot(path=str(artifacts / "ehr-new-window-launch.png"))
@@ -62,7 +69,7 @@ def test_inspector_lists_the_launch(page: Page, sandbox, artifacts):
     person = next(p for p in sandbox.state.dataset.sorted_patients() if p.origin == "uk" and "gp" in p.ids)
     sign_in_and_open(page, sandbox, "Mrs Grace Okafor", person.name)
     page.get_by_role("button", name="Shared Care Record").click()
-    expect(page.frame_locator("#scr-panel").locator("#patient-name")).to_have_text(person.name)
+    expect(page.frame_locator("#scr-panel").locator("#patient-name")).to_have_text(banner_name_of(sandbox, person))
     page.goto(f"{sandbox.sandbox_url}/inspector")
     expect(page.locator("#launches")).to_contain_text("Mrs Grace Okafor")
     page.locator("#launches a").first.click()

@@ -27,7 +27,7 @@ def test_summary_results_trend_and_encounter_filter(page: Page, sandbox, artifac
     page.set_viewport_size({"width": 1400, "height": 1000})
     record = open_from_toolbar(page, sandbox, "Dr Anita Patel", "Margaret Ann Thompson")
 
-    expect(record.locator("#patient-name")).to_have_text("Margaret Ann Thompson")
+    expect(record.locator("#patient-name")).to_have_text("THOMPSON, Margaret Ann (Mrs)")
     expect(record.get_by_role("heading", name="Allergies and adverse reactions")).to_be_visible()
     expect(record.get_by_text("Allergy to penicillin", exact=True)).to_be_visible()
     expect(record.get_by_text("Recorded as 'No known drug allergy'")).to_be_visible()

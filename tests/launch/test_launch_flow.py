@@ -69,7 +69,7 @@ def test_ehr_launch_lands_on_the_patient_from_the_launching_ehr(http, sandbox):
     resp = scripted(http, sandbox)
     assert resp.status_code == 200, resp.text
     assert re.match(rf"{sandbox.viewer_url}/r/[A-Za-z0-9_-]{{16,}}/$", resp.url)
-    assert '<h1 class="patient-banner__name" id="patient-name">Margaret Ann Thompson</h1>' in resp.text
+    assert '<h1 class="patient-banner__name" id="patient-name">THOMPSON, Margaret Ann (Mrs)</h1>' in resp.text
     assert f'<dd id="nhs-number">{format_nhs_number(MARGARET)}</dd>' in resp.text
     assert "Dr Anita Patel" in resp.text and "Riverside Medical Practice" in resp.text
     # The viewer read the patient from the launching EHR with the user's token, carrying a request id.

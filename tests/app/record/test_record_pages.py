@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import pytest
@@ -247,7 +248,8 @@ def test_encounter_filters(http, sandbox, viewer):
     assert 0 < n_council < total
     assert "Riverside Medical Practice</span>" not in council.split('id="table-encounters"')[1]
     recent = http.get(resp.url + "encounters", params={"from": "2026-01-01", "to": "2026-12-31"}).text
-    dates = re.findall(r'<td class="nowrap">(\d{4}-\d{2}-\d{2})</td>', recent)
+    shown = re.findall(r'<td class="nowrap">(\d{2}-[A-Z][a-z]{2}-\d{4})</td>', recent)  # dd-Mmm-yyyy (CUI)
+    dates = [datetime.strptime(d, "%d-%b-%Y").date().isoformat() for d in shown]
     assert dates and all("2026-01-01" <= d <= "2026-12-31" for d in dates)
     bogus = http.get(resp.url + "encounters", params={"from": "not-a-date", "org": "nowhere"}).text
     assert int(re.search(r'id="encounter-count">(\d+)', bogus).group(1)) == total
