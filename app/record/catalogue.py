@@ -35,6 +35,7 @@ class Section:
     page: str | None = None  # TABLE, the endpoint of a page of its own (``record.<page>``), or None for data only
     columns: tuple[str, ...] = ()
     volume: int = 0  # larger lists are requested first: their paging chains are the longest
+    groups: tuple[tuple[str, str], ...] = ()  # (row status, heading): a table page shown as one table per group
 
     @property
     def row_template(self) -> str:
@@ -124,8 +125,9 @@ CATALOGUE = Catalogue(
             build=merge.medications,
             audience=CLINICAL,
             page=TABLE,
-            columns=("Medicine", "Dose", "Started", "Last issued", "Prescribed by"),
+            columns=("Medicine and dose", "Type", "Status", "Started", "Last issued", "Ends", "Prescribed by"),
             volume=7,
+            groups=(("current", "Current medications"), ("past", "Past medications")),
         ),
         Section(
             "allergies",

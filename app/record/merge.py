@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from core.names import display_name
 
-from . import values
+from . import medicines, values
 
 OPEN_END = "9999-12-31"
 NKA_CODES = {
@@ -43,6 +43,7 @@ NKA_CODES = {
 }
 STOPPED_STATUSES = {"stopped", "completed", "cancelled", "entered-in-error", "not-taken"}
 CURRENT_MED_STATUSES = {"active", "on-hold", "intended"}
+STOP_DECISIONS = {"stopped", "cancelled", "entered-in-error", "not-taken"}  # someone decided it is not taken
 ACTIVE_PROBLEM_STATUSES = {"active", "recurrence", "relapse"}
 
 
@@ -61,6 +62,12 @@ class MedicationDetail:
     dose: str
     last_issued: str | None
     doses: tuple[str, ...]  # every distinct dose recorded for this medicine
+    quantity: str = ""  # supplied per issue (medicines.quantity)
+    course: str = ""  # Acute, Repeat…
+    course_length: str = ""  # one supply lasts (28 days)
+    prescriber: str = ""  # the person, when the source names them (the organisation is the row's provenance)
+    status_text: str = ""  # the latest record's own status in words (Active, Stopped…)
+    recorded_as: str = ""  # Prescribed / Recorded as taken
 
 
 @dataclass(slots=True)
@@ -401,15 +408,7 @@ def _med_span(r: dict) -> tuple[str, str]:
     return start, max(start, end)
 
 
-def dose_text(r: dict) -> str:
-    dosage = (r.get("dosageInstruction") or r.get("dosage") or [{}])[0]
-    if dosage.get("text"):
-        return dosage["text"]
-    for dr in dosage.get("doseAndRate") or []:
-        q = dr.get("doseQuantity") or {}
-        if q.get("value") is not None:
-            return f"{q['value']} {q.get('unit', '')}".strip()
-    return ""
+dose_text = medicines.dose
 
 
 def last_issued(r: dict) -> str | None:
@@ -429,9 +428,9 @@ def ingredient(title: str) -> str:
 def _medication_row(members: list[Item]) -> Row:
     spans = [_med_span(m.resource) for m in members]
     end = max(e for _, e in spans)
-    statuses = {m.resource.get("status") for m in members}
-    current = bool(statuses & CURRENT_MED_STATUSES) and end == OPEN_END
-    latest = max(members, key=lambda m: _med_span(m.resource)[0]).resource
+    newest = max(members, key=lambda m: (_med_span(m.resource)[0], m.source.last_updated or ""))
+    latest = newest.resource
+    current = _still_current(members) and end == OPEN_END
     issued = [d for d in (last_issued(m.resource) for m in members) if d]
     row = _row(
         "medications",
@@ -445,6 +444,12 @@ def _medication_row(members: list[Item]) -> Row:
             dose=dose_text(latest),
             last_issued=max(issued) if issued else None,
             doses=tuple(sorted({dose_text(m.resource) for m in members if dose_text(m.resource)})),
+            quantity=medicines.quantity(latest),
+            course=medicines.course_type(latest),
+            course_length=medicines.course_length(latest),
+            prescriber=medicines.prescriber(latest),
+            status_text=medicines.status(latest),
+            recorded_as=medicines.recorded_as(latest),
         ),
     )
     if len(row.detail.doses) > 1 and len(row.source_ids) > 1:
@@ -454,6 +459,20 @@ def _medication_row(members: list[Item]) -> Row:
             + "."
         )
     return row
+
+
+def _still_current(members: list[Item]) -> bool:
+    """Current: some record says it is taken now (open-ended), and no record stops it on or after that start.
+    A stopped medicine never looks current; a finished hospital course does not stop a GP's repeat."""
+    ongoing = [
+        _med_span(m.resource)[0]
+        for m in members
+        if m.resource.get("status") in CURRENT_MED_STATUSES and _med_span(m.resource)[1] == OPEN_END
+    ]
+    if not ongoing:
+        return False
+    stops = [_med_span(m.resource)[1] for m in members if m.resource.get("status") in STOP_DECISIONS]
+    return not any(stop >= max(ongoing) for stop in stops)
 
 
 def _finish_medications(rows: list[Row]) -> list[Row]:

@@ -48,6 +48,15 @@ class Page:
         return self.number * self.size < self.total
 
 
+@dataclass
+class Group:
+    """One group of a grouped table page (current or past medicines), paged on its own."""
+
+    key: str
+    heading: str
+    page: Page
+
+
 @dataclass(frozen=True)
 class Excerpt:
     """The first items of a long list and how many there are: a shortened list always says so, and

@@ -239,10 +239,24 @@ def section(ctx_id: str, name: str):
     look = look_at(ctx, name, SECTION_WAIT)
     if not look.shown:
         return act_on(ctx, look, name)
-    page = views.paginate(look.record.section(name), request.args.get("page", 1, type=int))
+    rows = look.record.section(name)
+    if spec.groups:  # one paged table per group (current and past medicines): each says how many it holds
+        groups = [
+            views.Group(key, heading, views.paginate([r for r in rows if r.status == key], _page_number(f"{key}-page")))
+            for key, heading in spec.groups
+        ]
+        fragment = next((gr for gr in groups if gr.key == request.args.get("fragment")), None)
+        if request.headers.get("HX-Request") and fragment is not None:
+            return render_template("record/_rows.html", page=fragment.page, spec=spec, ctx=ctx, group=fragment)
+        return render("record/section.html", ctx, look, name, spec=spec, groups=groups, page=None)
+    page = views.paginate(rows, _page_number("page"))
     if request.headers.get("HX-Request") and request.args.get("fragment"):
         return render_template("record/_rows.html", page=page, spec=spec, ctx=ctx)
     return render("record/section.html", ctx, look, name, spec=spec, page=page)
+
+
+def _page_number(arg: str) -> int:
+    return request.args.get(arg, 1, type=int)
 
 
 @bp.get("/encounters")
