@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from core.capabilities import CLINICAL, DEMOGRAPHICS, DETAILED, ONLY_DETAILED
+from core.capabilities import CLINICAL, DEMOGRAPHICS, DETAILED, ONLY_DETAILED, SUMMARY
 
 from . import merge
 from .merge import Item, Row
@@ -191,13 +191,14 @@ CATALOGUE = Catalogue(
             page="documents",
             volume=3,
         ),
-        # Administrative roles see who is involved in care; summary-record users see the summary lists only.
+        # Who is involved in care is every role's business: social care and other summary-record users
+        # coordinate with those teams, administrative roles arrange care around them (docs/access-policy.md).
         Section(
             "care",
             "Care team and services",
             "Care team and involved services",
             page="care",
-            audience=frozenset({DETAILED, DEMOGRAPHICS}),
+            audience=frozenset({DETAILED, SUMMARY, DEMOGRAPHICS}),
         ),
         # Data sections: shown inside other pages, or read by the access policy.
         Section("reports", resource_types=("DiagnosticReport",), build=merge.reports, volume=8),
