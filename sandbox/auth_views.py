@@ -194,17 +194,23 @@ def _ehr_launch(grant, launch_id: str, aud: str, org_id: str):
     return server.create_authorization_response(grant=grant, grant_user=Grantee(staff, context))
 
 
+# The sign-in page's own controls, never echoed back as authorization request parameters.
+SIGN_IN_FIELDS = frozenset({"csrf", "user", "patient", "decision"})
+
+
 def _standalone(grant, aud: str, org_id: str):
     """Sign in at the authorisation server, pick a patient when ``launch/patient`` is asked, then allow/deny."""
     state, server = _state(), _server()
     scopes = (request.values.get("scope") or "").split()
     wants_patient = "launch/patient" in scopes
     patients = [p for p in state.dataset.sorted_patients() if org_id in p.ids]
-    if request.method == "GET":
+    if "decision" not in request.form:
+        # The authorization request itself, by GET or (``authorize-post``) by POST; the page's own form is the
+        # POST that carries a decision. Its hidden fields repeat these parameters once, posted to the bare URL.
         session["auth_csrf"] = secrets.token_urlsafe(16)
         return render_template(
             "sandbox/authorize.html",
-            params=[(k, v) for k, v in request.args.items(multi=True)],
+            params=[(k, v) for k, v in request.values.items(multi=True) if k not in SIGN_IN_FIELDS],
             staff=sorted(state.dataset.staff.values(), key=lambda s: s.display_name),
             current_user=session.get("ehr_user"),
             patients=patients if wants_patient else [],

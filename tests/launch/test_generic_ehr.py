@@ -15,6 +15,7 @@ import requests
 from app.services import services
 from launch.roles import IdentityPolicy, RoleGrant
 from tests.conftest import LoopbackCookieJar
+from tests.html_forms import form_with
 
 MARGARET = "9991000372"  # registered at the gp (Y01001)
 HADDAD = "dr-haddad"  # PractitionerRole with R8000 + B0360/B0370
@@ -51,9 +52,7 @@ def embedded(http, sandbox, user: str) -> requests.Response:
 def standalone(http, sandbox, user: str) -> requests.Response:
     start = http.get(f"{sandbox.viewer_url}/start", params={"iss": sandbox.fhir_base("gp")}, timeout=30)
     assert start.url.startswith(f"{sandbox.sandbox_url}/auth/authorize"), start.url
-    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', start.text))
-    fields.update(user=user, patient=MARGARET, decision="allow")
-    return http.post(f"{sandbox.sandbox_url}/auth/authorize", data=fields, timeout=30)
+    return form_with(start, "decision").submit(http, ("decision", "allow"), user=user, patient=MARGARET)
 
 
 def identity_of(sandbox, resp: requests.Response):

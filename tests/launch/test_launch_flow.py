@@ -15,6 +15,7 @@ import requests
 from app.record.catalogue import CATALOGUE
 from core.nhs_number import format_nhs_number
 from tests.conftest import LoopbackCookieJar
+from tests.html_forms import form_with
 from tests.smart import decode_unverified
 
 MARGARET = "9991000372"  # at gp, hospital, community, council
@@ -111,16 +112,13 @@ def test_standalone_launch_from_the_viewer_start_page(http, sandbox):
     form = http.get(f"{sandbox.viewer_url}{hospital.replace('&amp;', '&')}")
     assert form.url.startswith(f"{sandbox.sandbox_url}/auth/authorize")
     assert "launch/patient" in q(form.url)["scope"].split() and "launch" not in q(form.url)["scope"].split()
-    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form.text))
-    fields.update(user="dr-evans", patient=ARTHUR, decision="allow")
-    landed = http.post(f"{sandbox.sandbox_url}/auth/authorize", data=fields)
+    landed = form_with(form, "decision").submit(http, ("decision", "allow"), user="dr-evans", patient=ARTHUR)
     assert landed.status_code == 200, landed.text
     assert landed.url.startswith(f"{sandbox.viewer_url}/r/")
     assert "Arthur" in landed.text and format_nhs_number(ARTHUR) in landed.text
     # Outside an EHR there is no encounter to establish a relationship: the A&E doctor records a reason.
     assert "/access/reason" in landed.url
-    form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', landed.text))
-    record = http.post(landed.url.split("?")[0], data={**form, "reason": "ETREAT"})
+    record = form_with(landed, "reason").submit(http, reason="ETREAT")
     assert (
         record.status_code == 200
         and "Dr Rhys Evans" in record.text

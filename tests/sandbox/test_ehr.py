@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from core.nhs_number import format_nhs_number
+from tests.html_forms import form_with
 from tests.smart import SandboxClient, query
 
 STAFF_IDS = {
@@ -162,12 +163,13 @@ def test_standalone_sign_in_and_patient_choice(client, sandbox, http):
     person = next(p for p in sandbox.state.dataset.sorted_patients() if "hospital" in p.ids)
     result = client.authorize(sandbox.fhir_base("hospital"), None, scope="launch/patient openid fhirUser patient/*.rs")
     assert result.code is None
-    form_url = f"{sandbox.sandbox_url}/auth/authorize"
-    page = http.get(form_url, params=query(result.request_url))
+    page = http.get(result.request_url)
     assert page.status_code == 200 and "Sign in to Northgate Hospitals" in page.text
-    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
-    fields.update(user="dr-evans", patient=person.nhs_number, decision="allow")
-    resp = http.post(form_url, data=fields, allow_redirects=False)
+    form = form_with(page, "decision")
+    # Posted to the bare endpoint: the request's parameters travel once, in the body (a browser sends what
+    # the form says; an empty action once sent every parameter twice and authlib refused the request).
+    assert form.action == f"{sandbox.sandbox_url}/auth/authorize" and form.method == "post"
+    resp = form.submit(http, ("decision", "allow"), user="dr-evans", patient=person.nhs_number, allow_redirects=False)
     assert resp.status_code == 302, resp.text
     code = query(resp.headers["Location"])["code"]
     token = client.exchange(code, result.verifier).json()
@@ -176,11 +178,25 @@ def test_standalone_sign_in_and_patient_choice(client, sandbox, http):
 
 def test_standalone_deny(client, sandbox, http):
     result = client.authorize(sandbox.fhir_base("gp"), None, scope="launch/patient openid fhirUser patient/*.rs")
-    page = http.get(f"{sandbox.sandbox_url}/auth/authorize", params=query(result.request_url))
-    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
-    fields.update(user="dr-patel", decision="deny")
-    resp = http.post(f"{sandbox.sandbox_url}/auth/authorize", data=fields, allow_redirects=False)
+    page = http.get(result.request_url)
+    resp = form_with(page, "decision").submit(http, ("decision", "deny"), user="dr-patel", allow_redirects=False)
     assert query(resp.headers["Location"])["error"] == "access_denied"
+    assert query(resp.headers["Location"])["state"] == result.state
+
+
+def test_standalone_authorization_request_by_post(client, sandbox, http):
+    """``authorize-post`` is advertised: the request itself may arrive as a POST, which shows the sign-in page."""
+    person = next(p for p in sandbox.state.dataset.sorted_patients() if "gp" in p.ids)
+    result = client.authorize(sandbox.fhir_base("gp"), None, scope="launch/patient openid fhirUser patient/*.rs")
+    page = http.post(f"{sandbox.sandbox_url}/auth/authorize", data=query(result.request_url))
+    assert page.status_code == 200 and "Sign in to Riverside Medical Practice" in page.text
+    form = form_with(page, "decision")
+    assert sorted(n for n, _ in form.controls if n not in ("csrf", "user", "patient")) == sorted(
+        query(result.request_url)
+    )
+    resp = form.submit(http, ("decision", "allow"), user="dr-patel", patient=person.nhs_number, allow_redirects=False)
+    token = client.exchange(query(resp.headers["Location"])["code"], result.verifier).json()
+    assert token["patient"] == person.ids["gp"]
 
 
 # ---- inspector --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import sandbox as sandbox_package
 from app.config import ConfigError, load_config
 from core.identifiers import ACTIVITY_CODE_SYSTEM, JOB_ROLE_SYSTEM, ODS_SYSTEM, SDS_USER_SYSTEM
 from sandbox import create_sandbox_app
+from tests.html_forms import form_with
 from tests.smart import ASSERTION_TYPE, EHR_SCOPES, SandboxClient, client_assertion, decode_unverified, query
 
 CONFIG_FILE = Path(sandbox_package.__file__).resolve().parent / "config.toml"
@@ -55,10 +56,6 @@ def gp_patient(state):
 
 def generic_jwks(http, url: str) -> KeySet:
     return KeySet.import_key_set(http.get(url).json())
-
-
-def form_fields(html: str) -> dict[str, str]:
-    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html))
 
 
 def csrf(html: str) -> str:
@@ -497,12 +494,10 @@ def test_generic_standalone_launch_with_patient_picker(client, sandbox, http):
     person = gp_patient(sandbox.state)
     result = client.authorize(sandbox.fhir_base("gp"), None, scope=STANDALONE_SCOPES)
     assert result.code is None
-    form_url = f"{sandbox.sandbox_url}/auth/authorize"
-    page = http.get(form_url, params=query(result.request_url))
+    page = http.get(result.request_url)
     assert page.status_code == 200 and 'name="patient"' in page.text
-    fields = form_fields(page.text)
-    fields.update(user=CAPABILITY_B, patient=person.nhs_number, decision="allow")
-    resp = http.post(form_url, data=fields, allow_redirects=False)
+    form = form_with(page, "decision")
+    resp = form.submit(http, ("decision", "allow"), user=CAPABILITY_B, patient=person.nhs_number, allow_redirects=False)
     assert resp.status_code == 302, resp.text
     token = client.exchange(query(resp.headers["Location"])["code"], result.verifier).json()
     assert token["patient"] == person.ids["gp"]
@@ -517,11 +512,9 @@ def test_generic_standalone_launch_without_pkce(client, sandbox, http):
     result = client.authorize(
         sandbox.fhir_base("gp"), None, scope=STANDALONE_SCOPES, code_challenge=None, code_challenge_method=None
     )
-    page = http.get(f"{sandbox.sandbox_url}/auth/authorize", params=query(result.request_url))
-    fields = form_fields(page.text)
-    assert "code_challenge" not in fields
-    fields.update(user=CAPABILITY_A, patient=person.nhs_number, decision="allow")
-    resp = http.post(f"{sandbox.sandbox_url}/auth/authorize", data=fields, allow_redirects=False)
+    form = form_with(http.get(result.request_url), "decision")
+    assert "code_challenge" not in form.names()
+    resp = form.submit(http, ("decision", "allow"), user=CAPABILITY_A, patient=person.nhs_number, allow_redirects=False)
     token = client.exchange(query(resp.headers["Location"])["code"], None)
     assert token.status_code == 200, token.text
 
