@@ -32,6 +32,7 @@ class Form:
     controls: list[tuple[str, str | None]] = field(default_factory=list)  # non-button controls (None: unchecked)
     selects: dict[str, Select] = field(default_factory=dict)
     radios: dict[str, list[str]] = field(default_factory=dict)  # radio group name -> its values
+    checkboxes: dict[str, str] = field(default_factory=dict)  # checkbox name -> the value it sends when ticked
     buttons: list[tuple[str, str]] = field(default_factory=list)  # named submit buttons
 
     def names(self) -> set[str]:
@@ -48,6 +49,8 @@ class Form:
             raise KeyError(f"no such control on the form: {sorted(unknown)}")
         for name, value in choices.items():
             options = self.selects[name].options if name in self.selects else self.radios.get(name)
+            if name in self.checkboxes:
+                options = [self.checkboxes[name]]
             if options is not None and value not in options:
                 raise ValueError(f"{value!r} is not one of the options of {name!r}: {options}")
         chosen = [(n, choices.get(n, v)) for n, v in self.controls]
@@ -110,9 +113,9 @@ class _FormParser(HTMLParser):
                 form.radios[name].append(a.get("value", "on"))
                 if "checked" in a:
                     form.controls = [(n, a.get("value", "on") if n == name else v) for n, v in form.controls]
-            elif kind == "checkbox":
-                if "checked" in a:
-                    form.controls.append((name, a.get("value", "on")))
+            elif kind == "checkbox":  # sent only when ticked, and then with its own value
+                form.checkboxes[name] = a.get("value", "on")
+                form.controls.append((name, form.checkboxes[name] if "checked" in a else None))
             elif kind not in NOT_SUBMITTED:
                 form.controls.append((name, a.get("value", "")))
         elif tag == "button":

@@ -226,7 +226,7 @@ class AccessService:
     # -- forms --------------------------------------------------------------------------------------------
     def record_reason(self, ctx: LaunchContext, gathering: Gathering, code: str, note: str, request_id: str) -> None:
         if code not in self.rules.reason_codes:
-            raise AccessError("Choose one of the reasons listed.")
+            raise AccessError("Choose why you are looking at this record.", field="reason")
         note = (note or "").strip()[:500]
         event = self.trail.record(
             "reason-recorded",

@@ -38,6 +38,11 @@ class Section:
     groups: tuple[tuple[str, str], ...] = ()  # (row status, heading): a table page shown as one table per group
 
     @property
+    def list_label(self) -> str:
+        """The section's list in plain words ("results", "care plans"): completeness banners name it."""
+        return (self.label or self.name.replace("_", " ")).lower()
+
+    @property
     def row_template(self) -> str:
         return f"record/rows/{self.name}.html"
 

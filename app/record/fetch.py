@@ -115,6 +115,11 @@ class SourceResult:
     bytes: int = 0  # JSON size of the pages whose resources are kept: what the record cache is bounded by
     kept: int = 0  # resources kept, every list together (bounded by resources_per_patient)
     cuts: dict[str, list[str]] = field(default_factory=dict)  # why → the lists cut for that reason (plain words)
+    incomplete: list[str] = field(default_factory=list)  # the lists (plain words) that were cut or failed
+
+    def missing(self, labels: set[str]) -> bool:
+        """May this source be missing items of these lists? A failed source may be missing anything."""
+        return self.state == FAILED or bool(labels & set(self.incomplete))
 
     @property
     def done(self) -> bool:
@@ -323,6 +328,9 @@ class FetchJob:
                 result.bytes += size
                 if problem and problem not in result.reasons:
                     result.reasons.append(problem)
+                label = self.labels.get(rtype, rtype)
+                if problem and label not in result.incomplete:
+                    result.incomplete.append(label)
             self._pending[sid] -= 1
             if self._pending[sid] > 0:
                 return
@@ -486,6 +494,8 @@ class FetchJob:
     def _cut(self, result: SourceResult, why: str, label: str) -> None:
         with self._lock:
             result.cuts.setdefault(why, []).append(label)
+            if label not in result.incomplete:
+                result.incomplete.append(label)
 
     def _get(
         self,
@@ -587,6 +597,7 @@ def snapshot_of(result: SourceResult) -> dict:
         "started": result.started,
         "finished": result.finished,
         "bytes": result.bytes,
+        "incomplete": result.incomplete,
     }
 
 
@@ -603,6 +614,7 @@ def restore(source: RecordSource, data: dict) -> SourceResult:
         dropped=data["dropped"],
         fetched_at=data["fetched_at"],
         bytes=data.get("bytes") or len(orjson.dumps(data["resources"])),
+        incomplete=list(data.get("incomplete") or []),
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core.nhs_number import NHS_NUMBER_SYSTEM, from_identifiers, is_valid
+from core.ukdates import uk_date
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def demographic_warnings(people: list[Demographics]) -> list[str]:
 
 def _display(label: str, d: Demographics) -> str:
     return {
-        "Date of birth": d.birth_date,
+        "Date of birth": uk_date(d.birth_date),
         "Family name": d.family,
         "First name": d.given.split(" ")[0] if d.given else "",
         "Gender": d.gender,

@@ -100,6 +100,11 @@ class ConsolidatedRecord:
         """Sources whose data is missing or incomplete: the completeness banner lists every one."""
         return [r for r in self.results if r.state in ("failed", "partial")]
 
+    def incomplete_for(self, *labels: str) -> list[SourceResult]:
+        """Sources that may be missing items of these lists (failed ones may be missing anything)."""
+        wanted = set(labels)
+        return [r for r in self.results if r.missing(wanted)]
+
     @property
     def waiting(self) -> list[SourceResult]:
         return [r for r in self.results if not r.done]
@@ -426,7 +431,7 @@ def _read_at_callback(read: Future | None, ctx: LaunchContext) -> dict | None:
 
 def list_labels(catalogue: Catalogue) -> dict[str, str]:
     """Each fetched resource type's list in plain words ("results", "care plans"), for the completeness banner."""
-    return {t: (s.label or s.name.replace("_", " ")).lower() for s in catalogue.sections for t in s.resource_types}
+    return {t: s.list_label for s in catalogue.sections for t in s.resource_types}
 
 
 def _source_ref(source: RecordSource, resource: dict) -> SourceRef:

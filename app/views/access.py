@@ -75,9 +75,17 @@ def reason(ctx_id: str):
                 ctx, look.gathering, request.form.get("reason", ""), request.form.get("note", ""), g.request_id
             )
         except AccessError as exc:
-            return _page("access/reason.html", ctx, look, str(exc), 400)
+            return _page("access/reason.html", ctx, look, str(exc), 400, exc.field)
         return redirect(_next(ctx))
     return _page("access/reason.html", ctx, look)
+
+
+@bp.get("/not-opened")
+def not_opened(ctx_id: str):
+    """The way out of the reason form: the record stays closed, and the page says so (nothing is shown, so
+    nothing is audited as a view; the decision that asked for a reason is already in the trail)."""
+    ctx = load_context(ctx_id)
+    return render_template("access/not_opened.html", ctx=ctx, user=ctx.identity, banner=None, section="access")
 
 
 def _refused(ctx: LaunchContext, look: Look, why: str) -> None:
@@ -111,6 +119,7 @@ def break_glass(ctx_id: str):
                 look,
                 "Confirm that this is an emergency and that you accept the access will be reviewed.",
                 400,
+                "confirm",
             )
         try:
             services().access.start_break_glass(

@@ -14,6 +14,7 @@ from app.audit.store import AuditStore
 from app.record.catalogue import CATALOGUE
 from app.services import services
 from tests.conftest import LoopbackCookieJar
+from tests.html_forms import form_with
 
 MARGARET, OLIVER, PRIYA, JACK, HUW, EDNA, SOPHIE = (
     "9991000372",
@@ -284,9 +285,7 @@ def test_privacy_pages_are_for_privacy_officers_only(http, sandbox, gov):
 def test_standalone_users_need_training(sandbox, gov):
     browser = new_browser()
     start = browser.get(f"{sandbox.viewer_url}/start", params={"iss": sandbox.fhir_base("gp")})
-    fields = form_fields(start.text)
-    fields.update(user="dr-patel", patient=MARGARET, decision="allow")
-    landed = browser.post(f"{sandbox.sandbox_url}/auth/authorize", data=fields)
+    landed = form_with(start, "decision").submit(browser, ("decision", "allow"), user="dr-patel", patient=MARGARET)
     assert landed.status_code == 403 and "training" in landed.text
     officer, base = privacy_console(sandbox)
     page = officer.get(base + "training").text
@@ -296,9 +295,8 @@ def test_standalone_users_need_training(sandbox, gov):
     )
     retry = new_browser()
     start = retry.get(f"{sandbox.viewer_url}/start", params={"iss": sandbox.fhir_base("gp")})
-    fields = form_fields(start.text)
-    fields.update(user="dr-patel", patient=MARGARET, decision="allow")
-    assert "Allergies and adverse reactions" in retry.post(f"{sandbox.sandbox_url}/auth/authorize", data=fields).text
+    landed = form_with(start, "decision").submit(retry, ("decision", "allow"), user="dr-patel", patient=MARGARET)
+    assert "Allergies and adverse reactions" in landed.text
 
 
 def test_audit_verify_command(gov):

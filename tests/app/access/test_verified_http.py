@@ -117,7 +117,7 @@ def test_a_refused_user_sees_a_neutral_checking_page_and_progress(http, sandbox,
     assert first.status_code == 200 and 'id="checking"' in first.text, first.url
     for name in NAMES:
         assert name not in first.text, name
-    assert "Organisations checked" not in first.text and "Still loading" not in first.text
+    assert "Organisations checked" not in first.text and "Waiting for" not in first.text
     poll = http.get(base_of(first.url) + "progress", headers={"HX-Request": "true"}, timeout=10)
     assert poll.status_code == 200
     if poll.headers.get("HX-Refresh") != "true":
@@ -134,7 +134,7 @@ def test_a_refused_user_sees_a_neutral_checking_page_and_progress(http, sandbox,
 def test_a_user_who_will_be_asked_a_reason_sees_who_is_being_asked(http, sandbox, gov):
     set_fault(http, sandbox, "council", latency_ms=2500)
     first = launch(http, sandbox, "dr-evans", EDNA)
-    assert "Still loading:</strong> Northgate City Council Social Care" in first.text
+    assert "Waiting for:</strong> Northgate City Council Social Care" in first.text
     assert 'id="checking"' not in first.text
     poll = http.get(base_of(first.url) + "progress", headers={"HX-Request": "true"}, timeout=10)
     assert "Northgate City Council Social Care" in poll.text
