@@ -645,6 +645,36 @@ def numeric_points(r: dict) -> dict[str, tuple[float, str]]:
     return out
 
 
+def numeric_range(r: dict) -> dict[str, tuple[float | None, float | None]]:
+    """Series name (as numeric_points names it) → its reference range as numbers (low, high; either end may be
+    open), for the chart's shaded band: the first range with a number at either end, in the value's own unit."""
+    out = {}
+    for part in [r, *(c for c in r.get("component") or [] if isinstance(c, dict))]:
+        q = part.get("valueQuantity")
+        if not isinstance(q, dict):
+            continue
+        shown = values.unit(q.get("unit"), q.get("code"))
+        for rr in part.get("referenceRange") or []:
+            ends = [_range_end(rr.get(e), shown) if isinstance(rr, dict) else None for e in ("low", "high")]
+            if None in ends or ends == [(), ()]:
+                continue  # words only, or another unit: no band rather than a wrong one
+            low, high = (e[0] if e else None for e in ends)
+            if low is None or high is None or low <= high:
+                out[concept_text(part.get("code"))] = (low, high)
+                break
+    return out
+
+
+def _range_end(q: dict | None, shown: str) -> tuple[float, ...] | None:
+    """(value,) for a numeric end in the series' unit, () for an absent end, None for one that cannot be used."""
+    if q is None or (isinstance(q, dict) and q.get("value") is None):
+        return ()
+    value = q.get("value") if isinstance(q, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
+        return None
+    return (float(value),) if values.unit(q.get("unit"), q.get("code")) in ("", shown) else None
+
+
 def _performed(r: dict) -> str | None:
     return r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")
 

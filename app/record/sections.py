@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .charts import Point
-from .merge import Row
+from .merge import Row, numeric_range
 from .service import ConsolidatedRecord
 
 PAGE_ROWS = 100
@@ -30,10 +30,12 @@ class Trend:
     unit: str
     points: list[Point]
     sources: list[str]
+    band: tuple[float | None, float | None] | None = None  # the latest numeric reference range (low, high)
+    suffix: str = ""  # "-2", "-3"… when another series' name gives the same slug
 
     @property
     def slug(self) -> str:
-        return "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-")
+        return ("".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-") or "series") + self.suffix
 
 
 @dataclass
@@ -120,11 +122,13 @@ def involved_services(record: ConsolidatedRecord) -> list[dict]:
 def trends(record: ConsolidatedRecord, minimum: int = 2) -> list[Trend]:
     """Numeric results as series across every organisation, the longest series first."""
     series: dict[str, Trend] = {}
-    for row in record.section("results"):
+    for row in record.section("results"):  # newest first: the first range found is the latest
         for name, (value, unit) in row.detail.numeric.items():
             if not name or not row.date:
                 continue
             trend = series.setdefault(name, Trend(name, unit, [], []))
+            if trend.band is None:
+                trend.band = next((b[name] for b in map(numeric_range, row.resources) if name in b), None)
             for src in row.sources:
                 trend.points.append(Point(row.date, value, src.name))
                 if src.name not in trend.sources:
@@ -133,7 +137,15 @@ def trends(record: ConsolidatedRecord, minimum: int = 2) -> list[Trend]:
     for t in out:
         t.points.sort(key=lambda p: p.when)
         t.sources.sort()
-    return sorted(out, key=lambda t: (-len(t.points), t.name))
+    out.sort(key=lambda t: (-len(t.points), t.name))
+    slugs: set[str] = set()
+    for t in out:  # every chart's ids and address derive from its slug: no two alike
+        n = 1
+        while t.slug in slugs:
+            n += 1
+            t.suffix = f"-{n}"
+        slugs.add(t.slug)
+    return out
 
 
 def filter_rows(rows: list[Row], date_from: str | None, date_to: str | None, source_id: str | None) -> list[Row]:

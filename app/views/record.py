@@ -297,8 +297,13 @@ def results(ctx_id: str):
     if not look.shown:
         return act_on(ctx, look, "results")
     record = look.record
-    trends = views.excerpt(views.trends(record), TRENDS_SHOWN, "trends", _wants_all("trends"))
-    charts = [(t, trend_svg(t.name, t.unit, t.points, t.sources), legend(t.sources)) for t in trends.items]
+    every = views.trends(record)
+    key = legend(s for t in every for s in t.sources)  # one marker per organisation on every chart of the page
+    trends = views.excerpt(every, TRENDS_SHOWN, "trends", _wants_all("trends"))
+    charts = [
+        (t, trend_svg(t.name, t.unit, t.points, key, ident=t.slug, band=t.band), key.entries(t.sources, t.band, t.unit))
+        for t in trends.items
+    ]
     page = views.paginate(record.section("results"), request.args.get("page", 1, type=int))
     spec = services().catalogue.get("results")
     if request.headers.get("HX-Request") and request.args.get("fragment"):
@@ -322,11 +327,14 @@ def trend(ctx_id: str, slug: str):
     look = look_at(ctx, "results", SECTION_WAIT)
     if not look.shown:
         return act_on(ctx, look, "results")
-    found = next((t for t in views.trends(look.record) if t.slug == slug), None)
+    every = views.trends(look.record)
+    found = next((t for t in every if t.slug == slug), None)
     if found is None:
         abort(404)
-    chart = trend_svg(found.name, found.unit, found.points, found.sources)
-    return render("record/trend.html", ctx, look, "results", trend=found, chart=chart, legend=legend(found.sources))
+    key = legend(s for t in every for s in t.sources)  # the same markers as on the results page
+    chart = trend_svg(found.name, found.unit, found.points, key, ident=found.slug, band=found.band, width=720)
+    entries = key.entries(found.sources, found.band, found.unit)
+    return render("record/trend.html", ctx, look, "results", trend=found, chart=chart, legend=entries)
 
 
 @bp.get("/documents")
