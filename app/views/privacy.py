@@ -13,6 +13,7 @@ from app.access.policy import capabilities
 from app.access.service import AlertNotAddressed, AlertNotFound
 from app.services import services
 from core.nhs_number import is_valid, normalise
+from core.rbac import PURPOSE_NAMES, ROLE_NAMES, named
 from launch.context import LaunchContext
 
 from . import dateinput
@@ -166,6 +167,8 @@ def training(ctx_id: str):
 
 
 def _row(e) -> dict:
+    """One event in words a person can read: role and purpose by name with their code, what was done without
+    the viewer's internal addresses (a subject access report goes to the patient)."""
     ev = e.event
     user = ev["agent"][0]
     purpose = ((ev.get("purposeOfEvent") or [{}])[0].get("coding") or [{}])[0].get("code", "")
@@ -178,16 +181,43 @@ def _row(e) -> dict:
         ),
         "",
     )
+    kind = ev["subtype"][-1]["code"]
     return {
         "seq": e.seq,
         "when": ev["recorded"],
         "who": user["who"].get("display", ""),
-        "role": ", ".join(c["coding"][0]["code"] for c in user.get("role", [])),
+        "role": ", ".join(named(c["coding"][0]["code"], ROLE_NAMES) for c in user.get("role", [])),
         "org": user.get("location", {}).get("display", ""),
-        "why": purpose,
-        "what": ev["subtype"][-1]["code"]
-        + (f": {what}" if what else "")
-        + (f" – {ev['outcomeDesc']}" if ev.get("outcomeDesc") else ""),
+        "why": named(purpose, PURPOSE_NAMES) if purpose else "",
+        "what": EVENT_WORDS.get(kind, kind)
+        + (f": {plain(what)}" if plain(what) else "")
+        + (f" – {plain(ev['outcomeDesc'])}" if ev.get("outcomeDesc") else ""),
         "outcome": {"0": "success", "4": "refused", "8": "failed"}.get(ev["outcome"], ev["outcome"]),
         "patient": patient,
     }
+
+
+# What each kind of event means to the person reading a subject access report.
+EVENT_WORDS = {
+    "launch": "Opened from a clinical system",
+    "access-decision": "Access decided",
+    "reason-recorded": "Reason for access recorded",
+    "break-glass": "Emergency access started",
+    "break-glass-end": "Emergency access ended",
+    "view": "Viewed",
+    "export": "Downloaded the record",
+    "refusal": "Refused",
+    "refusal-summary": "Refused (repeated)",
+    "error": "Error",
+    "privacy-officer": "Privacy officer search",
+    "register-change": "Access register changed",
+    "access-request": "Access requested",
+    "session-end": "Session ended",
+}
+_INTERNAL_PATH = re.compile(r"\s*/r/[A-Za-z0-9_-]+/[^\s]*")
+
+
+def plain(text: str) -> str:
+    """Without the viewer's internal addresses (``/r/<launch>/results?page=2``) and with section names in words."""
+    text = _INTERNAL_PATH.sub("", text or "").strip()
+    return text.replace("_", " ")

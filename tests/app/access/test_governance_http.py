@@ -264,11 +264,14 @@ def test_privacy_officer_alerts_and_subject_access_report(http, sandbox, gov):
     assert ack.status_code == 200 and f"/alerts/{alert_id}/acknowledge" not in ack.text
 
     report = officer.get(base + "subject-access", params={"nhs": EDNA}).text
-    assert "Dr Rhys Evans" in report and "ETREAT" in report and "Northgate Hospitals" in report
+    assert "Dr Rhys Evans" in report and "ETREAT Emergency treatment" in report and "Northgate Hospitals" in report
+    events = report.split('id="events"', 1)[1].split("</table>", 1)[0]
+    assert "R8000 Clinical Practitioner Access Role" in events and "Reason for access recorded" in events
+    assert "/r/" not in events, "the report shows the viewer's internal addresses"
     rows = list(
         csv.DictReader(io.StringIO(officer.get(base + "subject-access", params={"nhs": EDNA, "format": "csv"}).text))
     )
-    assert any(r["who"] == "Dr Rhys Evans" and r["why"] == "ETREAT" for r in rows)
+    assert any(r["who"] == "Dr Rhys Evans" and r["why"] == "ETREAT Emergency treatment" for r in rows)
     bundle = officer.get(base + "subject-access", params={"nhs": EDNA, "format": "fhir"}).json()
     FHIRElementFactory.instantiate("Bundle", bundle)
     assert all(e["resource"]["resourceType"] == "AuditEvent" for e in bundle["entry"]) and bundle["entry"]

@@ -198,7 +198,7 @@ def test_permitted_decision_lists_the_pages_of_the_users_level_in_navigation_ord
     assert detailed.next is Step.SHOW
     assert detailed.sections == (*(s.name for s in CATALOGUE.pages), "export")
     summary = decide(SOCIAL, PatientFacts(episode_ods=frozenset({"L90001"})), Overrides(), RULES, audiences=AUDIENCES)
-    assert summary.sections == ("summary", "problems", "medications", "allergies")
+    assert summary.sections == ("summary", "problems", "medications", "allergies", "care")
     admin = decide(RECEPTION, REGISTERED, Overrides(), RULES, audiences=AUDIENCES)
     assert admin.sections == ("care",)
 
