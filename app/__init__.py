@@ -84,6 +84,7 @@ def _install_template_helpers(app: Flask) -> None:
     from core import ukdates
     from core.nhs_number import format_nhs_number
 
+    from .record.values import number
     from .views.csrf import csrf_token
     from .views.dateinput import parts as date_parts
 
@@ -91,6 +92,7 @@ def _install_template_helpers(app: Flask) -> None:
     app.jinja_env.filters["clock"] = ukdates.uk_time  # a UNIX time as HH:mm, UK local time
     ukdates.register(app.jinja_env)
     app.jinja_env.globals["date_parts"] = date_parts
+    app.jinja_env.filters["number"] = number  # a value as recorded (app/record/values.py)
     app.jinja_env.globals["csrf_token"] = csrf_token
 
 

@@ -88,7 +88,7 @@ class EncounterDetail:
 class ResultDetail:
     value: str
     category: str
-    numeric: dict[str, tuple[float, str]]  # series name → (value, unit), for trend charts
+    numeric: dict[str, tuple[float, str]]  # series name → (value as recorded, int or float; unit), for charts
     interpretation: str
     reference: str = ""  # the reference range in words (values.reference_range)
 
@@ -633,15 +633,15 @@ results = Rule(_result_row, key=_result_key)
 
 
 def numeric_points(r: dict) -> dict[str, tuple[float, str]]:
-    """Series name → (value, unit) for charting: the observation itself or each component."""
+    """Series name → (value as recorded, unit) for charting: the observation itself or each component."""
     out = {}
     q = r.get("valueQuantity")
     if isinstance(q, dict) and isinstance(q.get("value"), int | float) and not isinstance(q.get("value"), bool):
-        out[concept_text(r.get("code"))] = (float(q["value"]), values.unit(q.get("unit"), q.get("code")))
+        out[concept_text(r.get("code"))] = (q["value"], values.unit(q.get("unit"), q.get("code")))
     for c in r.get("component") or []:
         cq = c.get("valueQuantity") if isinstance(c, dict) else None
         if isinstance(cq, dict) and isinstance(cq.get("value"), int | float) and not isinstance(cq.get("value"), bool):
-            out[concept_text(c.get("code"))] = (float(cq["value"]), values.unit(cq.get("unit"), cq.get("code")))
+            out[concept_text(c.get("code"))] = (cq["value"], values.unit(cq.get("unit"), cq.get("code")))
     return out
 
 

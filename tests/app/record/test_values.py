@@ -179,3 +179,9 @@ def test_charts_plot_components_with_readable_units_and_ignore_booleans() -> Non
         "Diastolic blood pressure": (80.0, "mmHg"),
         "Systolic blood pressure": (120.0, "mmHg"),
     }
+
+
+def test_trend_values_keep_the_recorded_form() -> None:
+    r = {"code": {"text": "HbA1c"}, "valueQuantity": {"value": 55, "unit": "mmol/mol"}}
+    value, unit = numeric_points(r)["HbA1c"]
+    assert values.number(value) == "55" and unit == "mmol/mol"  # not "55.0"
