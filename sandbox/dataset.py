@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.config import ACCESS_DEFAULTS
+from app.record.merge import NKA_CODES
 from core.identifiers import (
     ACTIVITY_CODE_SYSTEM,
     GMC_SYSTEM,
@@ -25,6 +27,7 @@ from core.identifiers import (
     SDS_USER_SYSTEM,
 )
 from core.nhs_number import NHS_NUMBER_SYSTEM, check_digit, from_identifiers, is_valid
+from core.rbac import ACTIVITY_NAMES, ROLE_NAMES
 
 from .settings import Organisation, SandboxSettings
 from .store import OrgStore
@@ -36,6 +39,20 @@ SHARED_TYPES = {"Organization", "Practitioner", "PractitionerRole", "Location"}
 SYNTHEA_SYSTEM = "https://github.com/synthetichealth/synthea"
 HOSPITAL_CLASSES = {"EMER", "IMP", "ACUTE", "OBSENC"}
 ID_NAMESPACE = uuid.UUID("6f1c1a52-52b4-4d7e-9a3e-6b1e5e0b5c11")
+
+# What each hand-made UK patient is for, beyond what ``describe_patients`` finds in the data itself
+# (fixtures/uk/README.md tells the whole story). Keyed by NHS number.
+UK_LABELS = {
+    "9991000372": "Multimorbidity, a medicine dose conflict and a discharge summary",
+    "9991001484": "Children's social care",
+    "9991002227": "Dementia and falls",
+    "9991002960": "Fractured wrist and X-ray report",
+    "9991003339": "Clean baseline: no flags or labels",
+}
+LARGE_RECORD_OBSERVATIONS = 500  # several pages of Observations at every page size the viewer asks for
+TREND_READINGS = 8  # numeric readings of one test that make a chart worth drawing
+MANY_DOCUMENTS = 10  # documents (clinical notes, letters) that make the documents list worth a look
+SENSITIVE_LABELS = frozenset(ACCESS_DEFAULTS["sensitive_labels"])
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,16 @@ class StaffUser:
         """What this user is for, shown on the sign-in page and the inspector."""
         return str(self.raw.get("note", ""))
 
+    @property
+    def job_role_name(self) -> str:
+        """The job role's national RBAC name (core.rbac), or staff.json's display for a role it does not name."""
+        return ROLE_NAMES.get(self.job_role_code, self.job_role_display)
+
+    @property
+    def activity_names(self) -> list[tuple[str, str]]:
+        """Each activity code with its national RBAC name (core.rbac), or "name not known"."""
+        return [(code, ACTIVITY_NAMES.get(code, "name not known")) for code in self.activities]
+
 
 @dataclass
 class SandboxPatient:
@@ -90,7 +117,8 @@ class SandboxPatient:
     gender: str
     origin: str  # "uk" (hand-made) or "synthea"
     ids: dict[str, str] = field(default_factory=dict)
-    label: str = ""
+    label: str = ""  # hand-written: what a UK sample patient is for (UK_LABELS)
+    demonstrates: list[str] = field(default_factory=list)  # the label, then what the data shows (describe_patients)
 
 
 @dataclass
@@ -121,6 +149,7 @@ def load_dataset(settings: SandboxSettings) -> Dataset:
         load_synthea(settings.synthea_dir, settings, stores, patients)
     else:
         log.info("no Synthea folder at %s: serving the hand-made UK patients only", settings.synthea_dir)
+    describe_patients(stores, patients, staff)
     return Dataset(stores=stores, patients=patients, staff=staff)
 
 
@@ -242,6 +271,108 @@ def _register(patients: dict[str, SandboxPatient], patient: dict, org_id: str, o
             origin=origin,
         )
     entry.ids[org_id] = patient["id"]
+
+
+# ---- what each patient demonstrates --------------------------------------------------------------------
+
+
+def describe_patients(
+    stores: dict[str, OrgStore], patients: dict[str, SandboxPatient], staff: dict[str, StaffUser]
+) -> None:
+    """Fill each patient's ``label`` (UK_LABELS) and ``demonstrates``: the label, then what the data shows."""
+    names = Counter(p.name.casefold() for p in patients.values())
+    for person in patients.values():
+        person.label = UK_LABELS.get(person.nhs_number, "") if person.origin == "uk" else ""
+        found = _demonstrated(person, stores, staff)
+        if names[person.name.casefold()] > 1:
+            found.append("Same name as another patient")
+        person.demonstrates = [*([person.label] if person.label else []), *found]
+
+
+def _demonstrated(person: SandboxPatient, stores: dict[str, OrgStore], staff: dict[str, StaffUser]) -> list[str]:
+    local = {org: stores[org].read("Patient", pid) or {} for org, pid in person.ids.items()}
+    resources = [r for org, pid in person.ids.items() for r in stores[org].patient_resources(pid)]
+    by_type: dict[str, list[dict]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(r)
+    out = []
+    if any(p.get("deceasedDateTime") or p.get("deceasedBoolean") is True for p in local.values()):
+        out.append("Deceased")
+    if any(
+        c.get("status") == "active" and (c.get("provision") or {}).get("type") == "deny"
+        for c in by_type.get("Consent", [])
+    ):
+        out.append("Objection to sharing")
+    if any({s.get("code") for s in (r.get("meta") or {}).get("security") or []} & SENSITIVE_LABELS for r in resources):
+        out.append("Sensitive items withheld")
+    flags = [f for f in by_type.get("Flag", []) if f.get("status") == "active"]
+    if any(_codes(c) & {"safety"} for f in flags for c in f.get("category") or []):
+        out.append("Safeguarding flag")
+    elif flags:
+        out.append("Active flag")
+    if _allergy_conflict(person, stores):
+        out.append("Conflicting allergy records")
+    if len({_demographics(p) for p in local.values()}) > 1:
+        out.append("Demographics differ between organisations")
+    for user in staff.values():
+        if user.nhs_number == person.nhs_number:
+            out.append(f"Also a staff user ({user.display_name})")
+    relatives = {
+        i.get("value")
+        for r in by_type.get("RelatedPerson", [])
+        for i in r.get("identifier") or []
+        if i.get("system") == SDS_USER_SYSTEM
+    }
+    for user in staff.values():
+        if user.sds_user_id in relatives:
+            out.append(f"Relative of a staff user ({user.display_name})")
+    for org, pid in person.ids.items():
+        if any(e.get("status") == "in-progress" for e in stores[org].search("Encounter", {"patient": [pid]})[0]):
+            out.append(f"Attendance in progress at {org}")
+    observations = by_type.get("Observation", [])
+    if len(observations) >= LARGE_RECORD_OBSERVATIONS:
+        out.append(f"Large record ({len(observations):,} observations)")
+    readings = Counter(key for r in observations for key in _numeric_series(r))
+    if readings and max(readings.values()) >= TREND_READINGS:
+        out.append("Trends worth charting")
+    documents = len(by_type.get("DocumentReference", []))
+    if documents >= MANY_DOCUMENTS:
+        out.append(f"Clinical documents ({documents})")
+    return out
+
+
+def _codes(concept: dict | None) -> set[str]:
+    return {c.get("code") for c in (concept or {}).get("coding") or [] if c.get("code")}
+
+
+def _allergy_conflict(person: SandboxPatient, stores: dict[str, OrgStore]) -> bool:
+    """One organisation records an allergy while another records none known."""
+    allergic, none_known = set(), set()
+    for org, pid in person.ids.items():
+        for r in stores[org].search("AllergyIntolerance", {"patient": [pid]})[0]:
+            if "entered-in-error" in _codes(r.get("verificationStatus")) or "resolved" in _codes(
+                r.get("clinicalStatus")
+            ):
+                continue
+            (none_known if _codes(r.get("code")) & set(NKA_CODES) else allergic).add(org)
+    return bool(allergic and none_known - allergic)
+
+
+def _demographics(patient: dict) -> tuple:
+    name = (patient.get("name") or [{}])[0]
+    return (patient.get("birthDate"), patient.get("gender"), tuple(name.get("given") or ()), name.get("family"))
+
+
+def _numeric_series(r: dict) -> list[str]:
+    """The series a numeric Observation adds a reading to: its code, or each numeric component's code."""
+    parts = [r, *(c for c in r.get("component") or [] if isinstance(c, dict))]
+    out = []
+    for part in parts:
+        q = part.get("valueQuantity")
+        if isinstance(q, dict) and isinstance(q.get("value"), int | float) and not isinstance(q.get("value"), bool):
+            code = part.get("code") or {}
+            out.append(next(iter(sorted(_codes(code))), code.get("text") or ""))
+    return out
 
 
 # ---- Synthea ----------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ and sends the browser — in an embedded panel or a new window — to ``{launch_
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
+import unicodedata
 from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
@@ -57,10 +59,29 @@ def _check_csrf() -> None:
 
 @bp.get("/")
 def home():
+    """The patient list (``?q=`` searches it); the sign-in page until a staff user is chosen."""
     user = _user()
     if user is None:
         return _sign_in_page()
-    return render_template("sandbox/patients.html", patients=_state().dataset.sorted_patients(), user=user)
+    everyone = _state().dataset.sorted_patients()
+    q = " ".join(request.args.get("q", "").split())[:100]
+    shown = [p for p in everyone if matches(p, q)] if q else everyone
+    return render_template("sandbox/patients.html", patients=shown, total=len(everyone), q=q, user=user)
+
+
+def _folded(text: str) -> str:
+    """Lower case without accents, so "rodriguez" finds Rodríguez."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
+
+
+def matches(person: SandboxPatient, q: str) -> bool:
+    """Every word of ``q`` is in the name, the NHS number or what the patient demonstrates; a query of digits
+    (spaces and hyphens allowed, as NHS numbers are written) is part of the NHS number."""
+    digits = re.sub(r"[\s-]", "", q)
+    if digits.isdigit():
+        return digits in person.nhs_number
+    haystack = _folded(" ".join([person.name, person.nhs_number, *person.demonstrates]))
+    return all(word in haystack for word in _folded(q).split())
 
 
 @bp.post("/ehr/sign-in")

@@ -8,10 +8,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 
 from .ehr import _check_csrf
-from .settings import DISCOVERY_NOTES, SMART_MODE_NOTES
+from .settings import (
+    DISCOVERY_NOTES,
+    FAULT_MODE_NOTES,
+    FAULT_MODES,
+    SMART_MODE_NOTES,
+    Faults,
+    Organisation,
+    SmartProfile,
+)
 from .state import SWITCHES, Launch, SandboxState
 
 bp = Blueprint("inspector", __name__)
@@ -64,7 +72,8 @@ def inspector():
         faults=state.faults,
         switches=SWITCHES,
         switches_on=state.switches,
-        modes=_modes(),
+        modes=FAULT_MODES,
+        mode_notes=FAULT_MODE_NOTES,
         smart=state.smart,
         smart_modes=SMART_MODE_NOTES,
         discovery_modes=DISCOVERY_NOTES,
@@ -107,6 +116,71 @@ def api_requests():
 
 
 # ---- admin: faults and simulated errors --------------------------------------------------------------
+# Each switch answers JSON to tools and, to the inspector's forms, goes back to the inspector with a
+# confirmation of exactly what changed.
+
+
+def _form_post() -> bool:
+    """A browser's form (the inspector's buttons), not a tool's JSON or a bare ``curl -X POST``."""
+    return request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _org_or_404(org_id: str) -> Organisation:
+    org = _state().settings.organisation(org_id)
+    if org is None:
+        abort(404, f"No organisation {org_id!r} in this sandbox.")
+    return org
+
+
+def _server(org: Organisation) -> str:
+    return f"{org.name} ({org.id}) FHIR server"
+
+
+def _delay(latency_ms: int) -> str:
+    return f"adds {latency_ms} ms to every response" if latency_ms else "adds no delay"
+
+
+def faults_change(org: Organisation, before: Faults, after: Faults) -> str:
+    """ "Northgate Hospitals … (hospital) FHIR server: now answers 500 … (before: answers normally)."""
+    changes = []
+    if after.mode != before.mode:
+        changes.append(f"now {FAULT_MODE_NOTES[after.mode]} (before: {FAULT_MODE_NOTES[before.mode]})")
+    if after.latency_ms != before.latency_ms:
+        changes.append(f"now {_delay(after.latency_ms)} (before: {_delay(before.latency_ms)})")
+    if not changes:
+        return (
+            f"{_server(org)}: nothing changed; it still {FAULT_MODE_NOTES[after.mode]} and {_delay(after.latency_ms)}."
+        )
+    return f"{_server(org)}: {'; '.join(changes)}."
+
+
+def smart_change(org: Organisation, before: SmartProfile, after: SmartProfile) -> str:
+    changes = []
+    if after.smart_mode != before.smart_mode:
+        changes.append(f"SMART mode now {after.smart_mode} (before: {before.smart_mode})")
+    if after.discovery != before.discovery:
+        changes.append(f"discovery now {after.discovery} (before: {before.discovery})")
+    if not changes:
+        return (
+            f"{org.name} ({org.id}): nothing changed; SMART mode is still {after.smart_mode} "
+            f"and discovery {after.discovery}."
+        )
+    return f"{org.name} ({org.id}): {'; '.join(changes)}."
+
+
+def switch_change(name: str, before: bool, after: bool) -> str:
+    if before == after:
+        return f"Simulated authorisation error {name}: nothing changed; it was already {'on' if after else 'off'}."
+    if after:
+        return f"Simulated authorisation error {name}: now on ({SWITCHES[name]})."
+    return f"Simulated authorisation error {name}: now off (it made: {SWITCHES[name]})."
+
+
+def _back_to_inspector(summary: str, changes: list[str] | None = None):
+    flash(summary, "summary")
+    for change in changes or []:
+        flash(change, "change")
+    return redirect(url_for("inspector.inspector"))
 
 
 @bp.get("/admin/faults")
@@ -120,8 +194,7 @@ def set_faults(org_id: str):
     state = _state()
     data = request.get_json(silent=True) if request.is_json else None
     if data is None:
-        _check_csrf()
-        data = {"latency_ms": int(request.form.get("latency_ms") or 0), "mode": request.form.get("mode")}
+        return _set_faults_form(state, org_id)
     if not isinstance(data, dict):
         return jsonify({"error": "send a JSON object"}), 400
     try:
@@ -130,9 +203,21 @@ def set_faults(org_id: str):
         return jsonify({"error": f"unknown organisation {org_id}"}), 404
     except (TypeError, ValueError) as exc:
         return jsonify({"error": str(exc)}), 400
-    if not request.is_json:
-        return redirect(url_for("inspector.inspector"))
     return jsonify(asdict(faults))
+
+
+def _set_faults_form(state: SandboxState, org_id: str):
+    _check_csrf()
+    org = _org_or_404(org_id)
+    raw = (request.form.get("latency_ms") or "0").strip()
+    if not raw.isdigit():
+        abort(400, f"Added latency must be a whole number of milliseconds, not {raw!r}.")
+    before = state.faults[org_id]
+    try:
+        after = state.set_faults(org_id, int(raw), request.form.get("mode"))
+    except ValueError as exc:
+        abort(400, f"{_server(org)}: {exc}.")
+    return _back_to_inspector(faults_change(org, before, after))
 
 
 @bp.get("/admin/smart")
@@ -148,7 +233,13 @@ def set_smart(org_id: str):
     data = request.get_json(silent=True) if request.is_json else None
     if data is None:
         _check_csrf()
-        data = {"smart_mode": request.form.get("smart_mode"), "discovery": request.form.get("discovery")}
+        org = _org_or_404(org_id)
+        before = state.smart[org_id]
+        try:
+            after = state.set_smart(org_id, request.form.get("smart_mode"), request.form.get("discovery"))
+        except ValueError as exc:
+            abort(400, f"{org.name} ({org.id}): {exc}.")
+        return _back_to_inspector(smart_change(org, before, after))
     if not isinstance(data, dict):
         return jsonify({"error": "send a JSON object"}), 400
     unknown = sorted(set(data) - {"smart_mode", "discovery"})
@@ -160,8 +251,6 @@ def set_smart(org_id: str):
         return jsonify({"error": f"unknown organisation {org_id}"}), 404
     except (TypeError, ValueError) as exc:
         return jsonify({"error": str(exc)}), 400
-    if not request.is_json:
-        return redirect(url_for("inspector.inspector"))
     return jsonify(asdict(profile))
 
 
@@ -181,24 +270,41 @@ def set_switches():
             return jsonify({"error": "send a JSON object of switch names to true/false"}), 400
     else:
         _check_csrf()
-        data = {request.form.get("name", ""): request.form.get("on") == "1"}
+        name, on = request.form.get("name", ""), request.form.get("on") == "1"
+        if name not in SWITCHES:
+            abort(400, f"No simulated authorisation error {name!r}: choose one listed on the inspector.")
+        before = name in state.switches
+        state.set_switch(name, on)
+        return _back_to_inspector(switch_change(name, before, on))
     unknown = [k for k in data if k not in SWITCHES]
     if unknown:
         return jsonify({"error": f"unknown switch(es): {', '.join(unknown)}", "switches": list(SWITCHES)}), 400
     for name, on in data.items():
         state.set_switch(name, bool(on))
-    if not request.is_json:
-        return redirect(url_for("inspector.inspector"))
     return get_switches()
 
 
 @bp.post("/admin/reset")
 def reset():
-    _state().reset()
-    return get_switches()
-
-
-def _modes() -> tuple[str, ...]:
-    from .settings import FAULT_MODES
-
-    return FAULT_MODES
+    """Back to the configured faults and SMART profiles, every simulated authorisation error off (launches, tokens
+    and the request log stay). Tools get the switches as JSON; the inspector's button, what changed."""
+    state = _state()
+    if not _form_post():
+        state.reset()
+        return get_switches()
+    _check_csrf()
+    faults, smart, switches_on = dict(state.faults), dict(state.smart), set(state.switches)
+    state.reset()
+    changes = []
+    for org in state.settings.organisations:
+        if faults[org.id] != state.faults[org.id]:
+            changes.append(faults_change(org, faults[org.id], state.faults[org.id]))
+        if smart[org.id] != state.smart[org.id]:
+            changes.append(smart_change(org, smart[org.id], state.smart[org.id]))
+    changes += [switch_change(name, True, False) for name in SWITCHES if name in switches_on]
+    if not changes:
+        return _back_to_inspector(
+            "Nothing to reset: every organisation already behaves as configured and no simulated authorisation "
+            "error is on."
+        )
+    return _back_to_inspector("All faults reset to the sandbox configuration. What changed:", changes)

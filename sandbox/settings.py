@@ -29,6 +29,15 @@ from app.config import (
 from .keys import ID_TOKEN_ALGS
 
 FAULT_MODES = ("ok", "down", "error_500", "malformed_json", "foreign_next", "paging_loop")
+# What an organisation's FHIR server does in each fault mode, as the inspector says it ("… FHIR server: now …").
+FAULT_MODE_NOTES = {
+    "ok": "answers normally",
+    "down": "drops every connection, as if the server were down",
+    "error_500": "answers 500 (internal server error) to every request",
+    "malformed_json": "sends truncated, invalid JSON for everything but /metadata and the SMART configuration",
+    "foreign_next": "puts its next-page links on another host, which must not get the access token",
+    "paging_loop": "links every search page to itself as the next page, for ever",
+}
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 # How an organisation's EHR and the authorisation server behave for its issuer: "nhs" (CIS2-style claims, strict
 # PKCE, kid, the NHS-flavoured sandbox) or "generic" (what common deployed SMART servers do).
