@@ -248,7 +248,8 @@ def test_encounter_filters(http, sandbox, viewer):
     assert 0 < n_council < total
     assert "Riverside Medical Practice</span>" not in council.split('id="table-encounters"')[1]
     recent = http.get(resp.url + "encounters", params={"from": "2026-01-01", "to": "2026-12-31"}).text
-    shown = re.findall(r'<td class="nowrap">(\d{2}-[A-Z][a-z]{2}-\d{4})</td>', recent)  # dd-Mmm-yyyy (CUI)
+    # Dates as dd-Mmm-yyyy (CUI), one per row.
+    shown = re.findall(r'<td data-label="Date" class="nowrap">(\d{2}-[A-Z][a-z]{2}-\d{4})</td>', recent)
     dates = [datetime.strptime(d, "%d-%b-%Y").date().isoformat() for d in shown]
     assert dates and all("2026-01-01" <= d <= "2026-12-31" for d in dates)
     bogus = http.get(resp.url + "encounters", params={"from": "not-a-date", "org": "nowhere"}).text
