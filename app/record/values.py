@@ -2,9 +2,10 @@
 by component code, reference ranges and interpretations in words, and code-system codes by their display.
 
 A value is shown as the source recorded it. Numbers keep the digits the source sent: an integer stays an
-integer, a decimal is shown by its shortest exact form (what the source wrote, except that trailing zeros
-after the first decimal place are not kept: the JSON parser reads decimals as binary floats), never rounded
-to a fixed number of places (which turned 0.004 into "0") and never padded.
+integer, a decimal is shown with up to 15 significant digits (what the source wrote, except that trailing
+zeros after the first decimal place are not kept: the JSON parser reads decimals as binary floats, and
+digits beyond a double's precision are its noise, not a measurement), never rounded to a fixed number of
+places (which turned 0.004 into "0") and never padded.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ def number(value) -> str:
         return "" if value is None else str(value)
     if isinstance(value, int):
         return str(value)
-    text = format(Decimal(repr(value)), "f")  # repr: the shortest string that reads back as this float
-    return text
+    # 15 significant digits: every decimal a person or device could have written (up to 15 digits) comes back
+    # exactly, while the binary noise of a generator's arithmetic (3.5999999999999996) does not show.
+    text = format(Decimal(format(value, ".15g")), "f")
+    return text if "." in text else text + ".0"  # a decimal stays a decimal (5.0 was sent as 5.0, not 5)
 
 
 def unit(text: str | None, code: str | None = None) -> str:

@@ -60,6 +60,8 @@ def test_a_missing_unit_text_falls_back_to_the_ucum_code() -> None:
         (72.4500000001, "72.4500000001"),  # what was sent, not what would look tidy
         (1e-7, "0.0000001"),  # never exponent notation
         (123456789.0, "123456789.0"),
+        (3.5999999999999996, "3.6"),  # a generator's binary noise (Synthea), beyond a double's 15 digits
+        (236.63796896190124, "236.637968961901"),  # long, but what the source generated, to 15 digits
     ],
 )
 def test_numbers_keep_the_precision_the_source_gave(recorded, shown: str) -> None:
