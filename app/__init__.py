@@ -46,7 +46,8 @@ def create_app(config: Config | None = None, catalogue: Catalogue = CATALOGUE) -
     smart = launch.init_app(app, settings, store, config.viewer.keys_file, config.viewer.generate_dev_keys)
     audit_store, trail, alerts = audit.init_app(app, config)
     records = record.init_app(config, catalogue, smart, shared=store if redis_url else None)
-    audiences = {**catalogue.audiences(), "export": EXPORT_AUDIENCE}
+    # The search page: for anyone who may open a page it searches (it finds only the rows of those pages).
+    audiences = {**catalogue.audiences(), "export": EXPORT_AUDIENCE, "search": catalogue.search_audience()}
     governance, training = access.init_app(config, audiences, store, audit_store, trail, alerts, smart.tokens)
     register = AccessRegister(audit_store, trail, default_days=config.access.register_default_days)
     smart.register = register.lookup  # the identity source "register"

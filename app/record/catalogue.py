@@ -36,6 +36,15 @@ class Section:
     columns: tuple[str, ...] = ()
     volume: int = 0  # larger lists are requested first: their paging chains are the longest
     groups: tuple[tuple[str, str], ...] = ()  # (row status, heading): a table page shown as one table per group
+    # (column, sort key): the columns a table page may be sorted by (?sort=<key>&dir=asc|desc); the keys are
+    # the row readers in ``find.SORT_KEYS`` — a few explicit ones, so no column sorts by something it does not show
+    sorts: tuple[tuple[str, str], ...] = ()
+    shown_on: str | None = None  # a data section shown inside a page (reports on results): that page opens it
+
+    @property
+    def opened_by(self) -> str | None:
+        """The page whose access decides whether this section's rows may be shown (search asks this)."""
+        return self.name if self.page is not None else self.shown_on
 
     @property
     def list_label(self) -> str:
@@ -96,6 +105,19 @@ class Catalogue:
                 out[s.name] = s.build([i for t in s.resource_types for i in items_by_type.get(t, [])])
         return out
 
+    @property
+    def searched(self) -> tuple[Section, ...]:
+        """The sections the record search looks in: every merged section a page shows as rows, in page order
+        (a data section right after the page that shows it)."""
+        order = {s.name: i for i, s in enumerate(self.pages)}
+        found = [s for s in self.sections if s.build is not None and s.opened_by in order]
+        return tuple(sorted(found, key=lambda s: (order[s.opened_by], s.page is None)))
+
+    def search_audience(self) -> frozenset[str]:
+        """Who may search: anyone who may open a page whose rows are searched (they find only those rows)."""
+        pages = {s.opened_by for s in self.searched}
+        return frozenset(level for s in self.pages if s.name in pages for level in s.audience)
+
     def with_sections(self, extra: Iterable[Section]) -> Catalogue:
         return Catalogue((*self.sections, *extra))
 
@@ -121,6 +143,13 @@ CATALOGUE = Catalogue(
             page=TABLE,
             columns=("Problem", "Status", "Onset", "Ended", "Recorded by"),
             volume=4,
+            sorts=(
+                ("Problem", "title"),
+                ("Status", "status"),
+                ("Onset", "date"),
+                ("Ended", "end"),
+                ("Recorded by", "organisation"),
+            ),
         ),
         Section(
             "medications",
@@ -133,6 +162,12 @@ CATALOGUE = Catalogue(
             columns=("Medicine and dose", "Type", "Status", "Started", "Last issued", "Ends", "Prescribed by"),
             volume=7,
             groups=(("current", "Current medications"), ("past", "Past medications")),
+            sorts=(
+                ("Medicine and dose", "title"),
+                ("Started", "date"),
+                ("Ends", "end"),
+                ("Prescribed by", "organisation"),
+            ),
         ),
         Section(
             "allergies",
@@ -145,6 +180,7 @@ CATALOGUE = Catalogue(
             page=TABLE,
             columns=("Allergy or reaction", "Reactions", "Status", "Recorded by"),
             volume=2,
+            sorts=(("Allergy or reaction", "title"), ("Status", "status"), ("Recorded by", "organisation")),
         ),
         Section(
             "encounters",
@@ -155,6 +191,7 @@ CATALOGUE = Catalogue(
             page="encounters",
             columns=("Date", "Encounter", "Kind", "Reason", "Organisation"),
             volume=9,
+            sorts=(("Date", "date"), ("Encounter", "title"), ("Kind", "kind"), ("Organisation", "organisation")),
         ),
         Section(
             "results",
@@ -176,6 +213,7 @@ CATALOGUE = Catalogue(
             page=TABLE,
             columns=("Vaccine", "Date", "Status", "Recorded by"),
             volume=5,
+            sorts=(("Vaccine", "title"), ("Date", "date"), ("Status", "status"), ("Recorded by", "organisation")),
         ),
         Section(
             "procedures",
@@ -186,6 +224,7 @@ CATALOGUE = Catalogue(
             page=TABLE,
             columns=("Procedure", "Date", "Status", "Recorded by"),
             volume=6,
+            sorts=(("Procedure", "title"), ("Date", "date"), ("Status", "status"), ("Recorded by", "organisation")),
         ),
         Section(
             "documents",
@@ -206,7 +245,14 @@ CATALOGUE = Catalogue(
             audience=frozenset({DETAILED, SUMMARY, DEMOGRAPHICS}),
         ),
         # Data sections: shown inside other pages, or read by the access policy.
-        Section("reports", resource_types=("DiagnosticReport",), build=merge.reports, volume=8),
+        Section(
+            "reports",
+            heading="Reports",
+            resource_types=("DiagnosticReport",),
+            build=merge.reports,
+            volume=8,
+            shown_on="results",
+        ),
         Section(
             "care_plans",
             resource_types=("CarePlan",),

@@ -82,7 +82,9 @@ def paginate(rows: list[Row], page: int, size: int = PAGE_ROWS) -> Page:
     return Page(rows[(page - 1) * size : page * size], page, len(rows), size)
 
 
-def summary(record: ConsolidatedRecord) -> dict:
+def summary(record: ConsolidatedRecord, everything: bool = False) -> dict:
+    """The summary's lists; ``everything``: the printed summary, which cannot be scrolled or expanded, lists
+    every recent encounter and latest result instead of the first screen's few."""
     latest: dict[str, Row] = {}
     for row in record.section("results"):  # newest first
         if row.code and row.code not in latest:
@@ -92,9 +94,11 @@ def summary(record: ConsolidatedRecord) -> dict:
         "allergies": record.section("allergies"),
         "problems": [r for r in record.section("problems") if r.status == "active"],
         "medications": [r for r in record.section("medications") if r.status == "current"],
-        "encounters": record.section("encounters")[:SUMMARY_ENCOUNTERS],
-        "results": list(latest.values())[:SUMMARY_RESULTS],
+        "encounters": record.section("encounters")[: SUMMARY_ENCOUNTERS * (4 if everything else 1)],
+        "results": list(latest.values())[: None if everything else SUMMARY_RESULTS],
         "services": involved_services(record),
+        "encounter_count": len(record.section("encounters")),  # said beside a shortened list
+        "test_count": len(latest),
     }
 
 

@@ -9,7 +9,7 @@ from app.record.catalogue import Catalogue
 from . import access, privacy, record, register, session
 
 # Paths under /r/<ctx>/ that are not section pages: a section may not take their name.
-FIXED_RECORD_PATHS = frozenset({"progress", "export.json", "access", "privacy", "register"})
+FIXED_RECORD_PATHS = frozenset({"progress", "export.json", "access", "privacy", "register", "search"})
 
 
 def init_app(app: Flask, catalogue: Catalogue) -> None:

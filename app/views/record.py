@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import nh3
@@ -31,8 +32,9 @@ from markupsafe import Markup
 
 from app.access.policy import UNTRAINED, Step
 from app.pipeline import Look
+from app.record import find
 from app.record import sections as views
-from app.record.catalogue import TABLE
+from app.record.catalogue import TABLE, Section
 from app.record.charts import legend, trend_svg
 from app.record.export import export_bundle
 from app.services import services
@@ -51,6 +53,7 @@ TRENDS_SHOWN = 12
 REPORTS_SHOWN = 50
 DOCUMENTS_SHOWN = 200  # per organisation
 CARE_PLANS_SHOWN = 50
+SEARCH_SHOWN = 25  # hits per section; "showing N of M" links to all of a section's
 ALLOWED_TAGS = {
     "p",
     "br",
@@ -103,7 +106,8 @@ def page_url(ctx: LaunchContext, name: str) -> str:
     return url_for("record.home" if name == services().pipeline.landing else section.endpoint, ctx_id=ctx.id)
 
 
-def look_at(ctx: LaunchContext, section: str, wait: float, audit_as: str = "view") -> Look:
+def look_at(ctx: LaunchContext, section: str, wait: float, audit_as: str = "view", what: str = "") -> Look:
+    """``what``: how the trail describes this look (the request path when not given)."""
     look = services().pipeline.open(
         ctx,
         section,
@@ -111,7 +115,7 @@ def look_at(ctx: LaunchContext, section: str, wait: float, audit_as: str = "view
         wait,
         refresh=request.args.get("refresh") == "1",
         audit_as=audit_as,
-        what=request.full_path,
+        what=what or request.full_path,
     )
     g.refresh_note = look.refresh_note  # a refresh asked for too soon: record/_sources.html says so
     return look
@@ -239,7 +243,9 @@ def section(ctx_id: str, name: str):
     look = look_at(ctx, name, SECTION_WAIT)
     if not look.shown:
         return act_on(ctx, look, name)
-    rows = look.record.section(name)
+    order = _sorting(spec)
+    rows = find.sort_rows(look.record.section(name), order)
+    kept = order.args()  # "Show more" and the other pages of the list keep the sort
     if spec.groups:  # one paged table per group (current and past medicines): each says how many it holds
         groups = [
             views.Group(key, heading, views.paginate([r for r in rows if r.status == key], _page_number(f"{key}-page")))
@@ -247,12 +253,26 @@ def section(ctx_id: str, name: str):
         ]
         fragment = next((gr for gr in groups if gr.key == request.args.get("fragment")), None)
         if request.headers.get("HX-Request") and fragment is not None:
-            return render_template("record/_rows.html", page=fragment.page, spec=spec, ctx=ctx, group=fragment)
-        return render("record/section.html", ctx, look, name, spec=spec, groups=groups, page=None)
+            return render_template(
+                "record/_rows.html", page=fragment.page, spec=spec, ctx=ctx, group=fragment, filters=kept
+            )
+        return render(
+            "record/section.html", ctx, look, name, spec=spec, groups=groups, page=None, filters=kept, sorting=order
+        )
     page = views.paginate(rows, _page_number("page"))
     if request.headers.get("HX-Request") and request.args.get("fragment"):
-        return render_template("record/_rows.html", page=page, spec=spec, ctx=ctx)
-    return render("record/section.html", ctx, look, name, spec=spec, page=page)
+        return render_template("record/_rows.html", page=page, spec=spec, ctx=ctx, filters=kept)
+    return render("record/section.html", ctx, look, name, spec=spec, page=page, filters=kept, sorting=order)
+
+
+def _sorting(spec: Section) -> find.Sorting:
+    """``?sort=<key>&dir=asc|desc``, when the section sorts by that key (anything else: its default order)."""
+    return find.sorting(spec, request.args.get("sort"), request.args.get("dir"))
+
+
+def _may_open(look: Look, page: str) -> bool:
+    """May this user open ``page``? Links to another page are offered only when they may."""
+    return look.decision is None or page in look.decision.sections
 
 
 def _page_number(arg: str) -> int:
@@ -271,13 +291,29 @@ def encounters(ctx_id: str):
     org = request.args.get("org") or None
     if org and org not in {r.source.id for r in record.results}:
         org = None
-    rows = views.filter_rows(record.section("encounters"), date_from, date_to, org)
-    page = views.paginate(rows, request.args.get("page", 1, type=int))
-    filters = {"from": date_from or "", "to": date_to or "", "org": org or ""}
     spec = services().catalogue.get("encounters")
+    order = _sorting(spec)
+    rows = find.sort_rows(views.filter_rows(record.section("encounters"), date_from, date_to, org), order)
+    page = views.paginate(rows, request.args.get("page", 1, type=int))
+    filters = {"from": date_from or "", "to": date_to or "", "org": org or "", **order.args()}
+    documents = (
+        find.documents_by_encounter(page.rows, record.section("documents")) if _may_open(look, "documents") else {}
+    )
     if request.headers.get("HX-Request") and request.args.get("fragment"):
-        return render_template("record/_rows.html", page=page, spec=spec, ctx=ctx, filters=filters)
-    return render("record/encounters.html", ctx, look, "encounters", spec=spec, page=page, filters=filters)
+        return render_template(
+            "record/_rows.html", page=page, spec=spec, ctx=ctx, filters=filters, encounter_documents=documents
+        )
+    return render(
+        "record/encounters.html",
+        ctx,
+        look,
+        "encounters",
+        spec=spec,
+        page=page,
+        filters=filters,
+        sorting=order,
+        encounter_documents=documents,
+    )
 
 
 def _wants_all(name: str) -> bool:
@@ -304,10 +340,17 @@ def results(ctx_id: str):
         (t, trend_svg(t.name, t.unit, t.points, key, ident=t.slug, band=t.band), key.entries(t.sources, t.band, t.unit))
         for t in trends.items
     ]
-    page = views.paginate(record.section("results"), request.args.get("page", 1, type=int))
+    everything = record.section("results")
+    tests, categories = find.result_tests(everything), find.result_categories(everything)
+    test = _choice("test", {code for code, _ in tests})
+    category = _choice("category", set(categories))
+    rows = find.filter_results(everything, test, category)
+    page = views.paginate(rows, request.args.get("page", 1, type=int))
     spec = services().catalogue.get("results")
+    filters = {k: v for k, v in (("test", test), ("category", category)) if v}
     if request.headers.get("HX-Request") and request.args.get("fragment"):
-        return render_template("record/_rows.html", page=page, spec=spec, ctx=ctx)
+        return render_template("record/_rows.html", page=page, spec=spec, ctx=ctx, filters=filters)
+    reports = views.excerpt(record.section("reports"), REPORTS_SHOWN, "reports", _wants_all("reports"))
     return render(
         "record/results.html",
         ctx,
@@ -317,8 +360,31 @@ def results(ctx_id: str):
         charts=charts,
         trends=trends,
         page=page,
-        reports=views.excerpt(record.section("reports"), REPORTS_SHOWN, "reports", _wants_all("reports")),
+        reports=reports,
+        report_results=find.report_results(reports.items, everything),
+        latest=find.latest_each(rows),
+        tests=tests,
+        categories=categories,
+        filters=filters,
     )
+
+
+def _choice(arg: str, allowed: set[str]) -> str | None:
+    """A filter's value when it is one of the page's own choices; anything else filters nothing."""
+    value = request.args.get(arg) or None
+    return value if value in allowed else None
+
+
+@bp.get("/print")
+def print_summary(ctx_id: str):
+    """The summary as clinicians print it: the patient banner on every page, no navigation, no link addresses.
+    Audited as a view of the summary ("print summary")."""
+    ctx = load_context(ctx_id)
+    look = look_at(ctx, "summary", SECTION_WAIT, what="printed")
+    if not look.shown:
+        return act_on(ctx, look, "summary")
+    summary = views.summary(look.record, everything=True)
+    return render("record/print.html", ctx, look, "summary", summary=summary, printed_at=time.time())
 
 
 @bp.get("/results/trend/<slug>")
@@ -337,19 +403,80 @@ def trend(ctx_id: str, slug: str):
     return render("record/trend.html", ctx, look, "results", trend=found, chart=chart, legend=entries)
 
 
+@bp.get("/search")
+def search(ctx_id: str):
+    """Search every section this user may open; audited as a view of the record like any page."""
+    ctx = load_context(ctx_id)
+    look = look_at(ctx, "search", SECTION_WAIT)
+    if not look.shown:
+        return act_on(ctx, look, "search")
+    query = (request.args.get("q") or "").strip()
+    problem = find.query_problem(query) if query else None
+    groups = []
+    if query and problem is None:
+        allowed = [s for s in services().catalogue.searched if _may_open(look, s.opened_by or "")]
+        groups = [
+            (group, views.excerpt(group.hits, SEARCH_SHOWN, group.section.name, _wants_all(group.section.name)))
+            for group in find.search(look.record, allowed, query)
+        ]
+    return render(
+        "record/search.html",
+        ctx,
+        look,
+        "search",
+        query=query,
+        problem=problem,
+        groups=groups,
+        hit_url=_hit_url,
+        key_value=find.key_value,
+    )
+
+
+def _hit_url(ctx: LaunchContext, spec: Section, hit: find.Hit) -> str:
+    """Where a search hit is shown: its row on the page (and page of the list) that holds it; a document's own
+    page."""
+    if spec.name == "documents":
+        return url_for("record.document", ctx_id=ctx.id, row_id=hit.row.id)
+    page = services().catalogue.get(spec.opened_by or "")
+    args: dict[str, object] = {"name": page.name} if page.page == TABLE else {}
+    if spec.name == "reports":  # the results page shows the first REPORTS_SHOWN reports unless asked for all
+        if hit.index >= REPORTS_SHOWN:
+            args["all"] = "reports"
+    elif hit.index >= views.PAGE_ROWS:
+        args[f"{hit.group}-page" if hit.group else "page"] = hit.index // views.PAGE_ROWS + 1
+    return url_for(page.endpoint, ctx_id=ctx.id, **args) + f"#row-{hit.row.id}"
+
+
 @bp.get("/documents")
 def documents(ctx_id: str):
     ctx = load_context(ctx_id)
     look = look_at(ctx, "documents", SECTION_WAIT)
     if not look.shown:
         return act_on(ctx, look, "documents")
+    every = look.record.section("documents")
+    holders = {s.source_id: s.name for row in every for s in row.sources}
+    kind = _choice("type", set(find.document_types(every)))
+    org = _choice("org", set(holders))
     by_org: dict[str, list] = {}
-    for row in look.record.section("documents"):
+    for row in find.filter_documents(every, kind, org):
         for src in row.sources:
-            by_org.setdefault(src.name, []).append(row)
+            if org is None or src.source_id == org:
+                by_org.setdefault(src.name, []).append(row)
     everything = _wants_all("documents")
-    shown = {org: views.excerpt(rows, DOCUMENTS_SHOWN, "documents", everything) for org, rows in by_org.items()}
-    return render("record/documents.html", ctx, look, "documents", by_org=shown)
+    shown = {name: views.excerpt(rows, DOCUMENTS_SHOWN, "documents", everything) for name, rows in by_org.items()}
+    filters = {k: v for k, v in (("type", kind), ("org", org)) if v}
+    return render(
+        "record/documents.html",
+        ctx,
+        look,
+        "documents",
+        by_org=shown,
+        total=len(every),
+        matched=len({r.id for rows in by_org.values() for r in rows}),
+        types=find.document_types(every),
+        holders=sorted(holders.items(), key=lambda kv: kv[1]),
+        filters=filters,
+    )
 
 
 @bp.get("/documents/<row_id>")
