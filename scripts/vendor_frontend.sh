@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Refresh the vendored front-end assets from the npm registry (run by hand when upgrading; never at run time).
 # Versions are pinned in package.json; the copies under app/static/vendor/ are committed.
+# devDependencies are for tests only: axe-core goes to tests/e2e/vendor/ (read by the browser journeys from
+# disk), never under app/static, so the app never serves it and the wheel never holds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -26,4 +28,9 @@ open(sys.argv[2], "w", encoding="utf-8").write(css)
 PY
 mkdir -p app/static/vendor/htmx
 cp "$work/node_modules/htmx.org/dist/htmx.min.js" app/static/vendor/htmx/htmx.min.js
+axe="$work/node_modules/axe-core"
+mkdir -p tests/e2e/vendor
+cp "$axe/axe.min.js" tests/e2e/vendor/axe.min.js
+cp "$axe/LICENSE" tests/e2e/vendor/axe-core.LICENSE  # MPL-2.0
 echo "vendored nhsuk-frontend $ver and htmx $(node -p "require('$work/node_modules/htmx.org/package.json').version")"
+echo "vendored axe-core $(node -p "require('$axe/package.json').version") for the browser journeys (tests/e2e/vendor)"

@@ -12,6 +12,8 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.e2e.conftest import axe_check
+
 MARGARET = "9991000372"
 
 
@@ -52,7 +54,9 @@ def test_banner_reads_as_the_cui_and_stays_in_view(page: Page, sandbox, nhs: str
     assert re.match(r"^[A-Z'’\- ]+, \S", name), f"not FAMILY, Given: {name!r}"
     assert re.match(r"^\d{2}-[A-Z][a-z]{2}-\d{4}", page.locator("#born").inner_text())
     assert re.fullmatch(r"\d{3} \d{3} \d{4}", page.locator("#nhs-number").inner_text().strip())
+    axe_check(page, f"record summary ({nhs})")
     page.goto(base + "encounters")
+    axe_check(page, f"record: encounters ({nhs})")
     page.mouse.wheel(0, 3000)
     page.wait_for_timeout(200)
     top = page.locator("#patient-banner").bounding_box()
@@ -69,6 +73,7 @@ def test_values_read_as_recorded(page: Page, sandbox, nhs: str) -> None:
     assert all(float(s) > float(d) for s, d in pressures), f"diastolic shown first: {pressures[:3]}"
     noise = re.search(r"\d\.\d*(0{5,}|9{5,})\d", table)  # 104.4300001, 72.4499999: arithmetic, not the source
     assert not noise, f"float noise in a value: {noise.group(0)}"
+    axe_check(page, f"record: results ({nhs})")
 
 
 def test_nothing_is_cut_without_saying_so(page: Page, sandbox, nhs: str) -> None:
@@ -80,6 +85,7 @@ def test_nothing_is_cut_without_saying_so(page: Page, sandbox, nhs: str) -> None
         left = int(re.search(r"Show more \((\d+) more\)", more.inner_text()).group(1))
         more.locator("a").scroll_into_view_if_needed()
         expect(page.locator("#table-results tbody tr:not(.more-rows)")).to_have_count(rows + min(left, 100))
+        axe_check(page, f"record: results with the next page loaded ({nhs})")
     else:
         assert rows <= 100
     shortened = page.locator(".list-count")
@@ -97,6 +103,7 @@ def test_current_and_past_medicines_apart(page: Page, sandbox, nhs: str) -> None
     if current.count():
         statuses = current.locator(".med-status").all_inner_texts()
         assert not {"Stopped", "Completed", "Cancelled", "Entered in error"} & set(statuses), statuses
+    axe_check(page, f"record: medications ({nhs})")
 
 
 def test_charts_are_named_for_their_own_test(page: Page, sandbox, nhs: str) -> None:
@@ -125,6 +132,8 @@ def test_honest_completeness_words(page: Page, sandbox) -> None:
     requests.post(f"{sandbox.sandbox_url}/admin/faults/council", json={"mode": "error_500"}, timeout=10)
     base = open_record(page, sandbox, MARGARET)
     expect(page.get_by_text("Every section below may be missing what it holds")).to_be_visible()
+    axe_check(page, "record summary with an organisation that could not be read")
     page.goto(base + "allergies")
     expect(page.locator("#list-gaps")).to_contain_text("Northgate City Council Social Care could not be read")
+    axe_check(page, "record: allergies with an organisation that could not be read")
     assert "from every organisation" not in page.locator(".record-body").inner_text()

@@ -8,6 +8,7 @@ from playwright.sync_api import Page, expect
 
 from core.names import banner_name
 from core.nhs_number import format_nhs_number
+from tests.e2e.conftest import axe_check
 
 
 def origin(url: str) -> str:
@@ -17,10 +18,13 @@ def origin(url: str) -> str:
 
 def sign_in_and_open(page: Page, sandbox, user_name: str, patient_name: str) -> None:
     page.goto(f"{sandbox.sandbox_url}/")
+    axe_check(page, "sandbox EHR: sign-in")
     page.get_by_role("button", name=f"Sign in as {user_name}").click()
     expect(page.get_by_text(f"Signed in: {user_name}")).to_be_visible()
+    axe_check(page, "sandbox EHR: patient list")
     page.get_by_role("link", name=patient_name).click()
     expect(page.get_by_role("toolbar")).to_be_visible()
+    axe_check(page, "sandbox EHR: patient page")
 
 
 def banner_name_of(sandbox, person) -> str:
@@ -43,6 +47,7 @@ def test_toolbar_launch_embedded_in_the_ehr_page(page: Page, sandbox, artifacts)
     launch = sandbox.state.recent_launches()[0]
     assert launch.user_id == "dr-patel" and launch.nhs_number == person.nhs_number
     assert [t.kind for t in launch.tokens] == ["access_token", "id_token"]
+    axe_check(frame, "record summary in the EHR's panel")
     page.screenshot(path=str(artifacts / "ehr-embedded-launch.png"), full_page=True)
 
     allowed = {origin(sandbox.sandbox_url), origin(sandbox.viewer_url)}
@@ -62,6 +67,7 @@ def test_toolbar_launch_in_a_new_window(page: Page, sandbox, artifacts):
     expect(popup.locator("#patient-name")).to_have_text(banner_name_of(sandbox, person))
     assert popup.url.startswith(f"{sandbox.viewer_url}/r/")
     assert sandbox.state.recent_launches()[0].iss == sandbox.fhir_base("hospital")
+    axe_check(popup, "record summary in a window of its own")
     popup.screenshot(path=str(artifacts / "ehr-new-window-launch.png"))
 
 
@@ -72,6 +78,8 @@ def test_inspector_lists_the_launch(page: Page, sandbox, artifacts):
     expect(page.frame_locator("#scr-panel").locator("#patient-name")).to_have_text(banner_name_of(sandbox, person))
     page.goto(f"{sandbox.sandbox_url}/inspector")
     expect(page.locator("#launches")).to_contain_text("Mrs Grace Okafor")
+    axe_check(page, "sandbox: launch inspector")
     page.locator("#launches a").first.click()
     expect(page.get_by_role("heading", name="Context")).to_be_visible()
+    axe_check(page, "sandbox: launch detail")
     page.screenshot(path=str(artifacts / "inspector-launch.png"), full_page=True)

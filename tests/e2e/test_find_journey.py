@@ -6,6 +6,7 @@ import re
 
 from playwright.sync_api import Page, expect
 
+from tests.e2e.conftest import axe_check
 from tests.e2e.test_record_journey import open_from_toolbar
 
 
@@ -26,6 +27,7 @@ def test_search_box_finds_grouped_hits_and_a_hit_lands_on_its_row(page: Page, sa
     expect(headings.nth(0)).to_have_text(re.compile(r"^Problems \(1\)$"))
     expect(headings.nth(1)).to_have_text(re.compile(r"^Reports \(\d+\)$"))
     expect(box).to_have_value("diabetes")  # the box keeps what was searched
+    axe_check(record, "record: search results")
     page.screenshot(path=str(artifacts / "record-search.png"), full_page=True)
 
     hit = record.locator("#hits-problems").get_by_role("link", name="Type 2 diabetes mellitus")
@@ -38,4 +40,5 @@ def test_search_box_finds_grouped_hits_and_a_hit_lands_on_its_row(page: Page, sa
     row = record.locator(f"#{anchor}")
     expect(row).to_contain_text("Type 2 diabetes mellitus")
     expect(row).to_be_in_viewport()  # the browser scrolled to the row the hit named
+    axe_check(record, "record: problems, at a search hit's row")
     assert not blocked, blocked

@@ -10,6 +10,7 @@ from __future__ import annotations
 from playwright.sync_api import FrameLocator, Page, expect
 
 from core.names import banner_name
+from tests.e2e.conftest import axe_check
 
 LAPTOP = {"width": 1366, "height": 768}
 PHONE = {"width": 420, "height": 860}
@@ -52,6 +53,7 @@ def test_key_facts_in_the_first_screen_of_the_panel(page: Page, sandbox, artifac
     page.set_viewport_size(LAPTOP)
     frame = open_in_panel(page, sandbox, "Dr Anita Patel", "9991000372")
     first_screen_facts(page, frame, artifacts, "panel-summary-1366.png")
+    axe_check(frame, "record summary in the EHR's panel at 1366x768")
 
     panel = box(page.locator("#scr-panel"))
     body = box(frame.locator(".record-body"))
@@ -76,6 +78,7 @@ def test_key_facts_first_for_the_largest_synthea_patient(page: Page, sandbox, ar
     page.set_viewport_size(LAPTOP)
     frame = open_in_panel(page, sandbox, "Dr Anita Patel", largest.nhs_number)
     first_screen_facts(page, frame, artifacts, "panel-summary-synthea-1366.png")
+    axe_check(frame, "record summary of the largest Synthea patient in the EHR's panel")
 
 
 def test_tables_keep_the_organisation_in_view_at_420px(page: Page, sandbox, artifacts) -> None:
@@ -92,4 +95,5 @@ def test_tables_keep_the_organisation_in_view_at_420px(page: Page, sandbox, arti
         )
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"] + 1, f"{section}: the page is {width} px wide at {PHONE['width']} px"
+        axe_check(page, f"record: {section} at {PHONE['width']} px")
     page.screenshot(path=str(artifacts / "record-420.png"), full_page=False)

@@ -7,6 +7,8 @@ import re
 
 from playwright.sync_api import Page, expect
 
+from tests.e2e.conftest import axe_check
+
 
 def test_record_pages_print_without_navigation_or_link_addresses(page: Page, sandbox, artifacts) -> None:
     page.goto(f"{sandbox.sandbox_url}/ehr/launch?user=dr-patel&patient=9991000372")
@@ -22,6 +24,7 @@ def test_record_pages_print_without_navigation_or_link_addresses(page: Page, san
     page.emulate_media(media="screen")
     page.locator("#print-summary").click()
     expect(page.locator("#print-banner")).to_contain_text("THOMPSON, Margaret Ann (Mrs)")
+    axe_check(page, "record: print summary")
     page.emulate_media(media="print")
     display = page.evaluate("getComputedStyle(document.querySelector('.print-layout > thead')).display")
     assert display == "table-header-group"

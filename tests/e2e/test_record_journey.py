@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 
 from playwright.sync_api import Page, expect
 
+from tests.e2e.conftest import axe_check
+
 
 def origin(url: str) -> str:
     parts = urlsplit(url)
@@ -31,12 +33,14 @@ def test_summary_results_trend_and_encounter_filter(page: Page, sandbox, artifac
     expect(record.get_by_role("heading", name="Allergies and adverse reactions")).to_be_visible()
     expect(record.get_by_text("Allergy to penicillin", exact=True)).to_be_visible()
     expect(record.get_by_text("Recorded as 'No known drug allergy'")).to_be_visible()
+    axe_check(record, "record summary in the EHR's panel")
     page.screenshot(path=str(artifacts / "record-summary.png"), full_page=True)
 
     record.get_by_role("link", name="Results", exact=True).click()
     chart = record.locator("figure.trend-card svg.trend").first
     expect(chart).to_be_visible()
     assert record.locator("figure.trend-card").count() >= 4
+    axe_check(record, "record: results")
     page.screenshot(path=str(artifacts / "record-results.png"), full_page=True)
 
     record.get_by_role("link", name="Encounters", exact=True).click()
@@ -50,6 +54,7 @@ def test_summary_results_trend_and_encounter_filter(page: Page, sandbox, artifac
     rows = record.locator("#table-encounters tbody tr")
     for i in range(rows.count()):
         expect(rows.nth(i)).to_contain_text("Northgate City Council Social Care")
+    axe_check(record, "record: encounters, filtered")
     page.screenshot(path=str(artifacts / "record-encounters-filtered.png"), full_page=True)
 
     allowed = {origin(sandbox.sandbox_url), origin(sandbox.viewer_url)}
@@ -92,9 +97,11 @@ def test_script_in_narrative_or_display_text_never_runs(page: Page, sandbox, art
     expect(record.get_by_text("Suspicious")).to_be_visible()  # the display text is shown, as text
     record.get_by_role("link", name="Problems", exact=True).click()
     expect(record.get_by_text("<script>window.__pwned = 1</script>", exact=False)).to_be_visible()
+    axe_check(record, "record: problems with hostile text")
     record.get_by_role("link", name="Documents", exact=True).click()
     record.get_by_role("link", name="Discharge summary (hostile test)").click()
     expect(record.locator("#document-body")).to_contain_text("Follow-up in clinic")
+    axe_check(record, "record: a document with hostile markup")
     record.locator("#document-body").get_by_text("Follow-up in clinic").click()
     frame = next(f for f in page.frames if f.url.startswith(sandbox.viewer_url))
     assert frame.evaluate("typeof window.__pwned") == "undefined"

@@ -8,6 +8,7 @@ import re
 from playwright.sync_api import Page, expect
 
 from core.nhs_number import format_nhs_number
+from tests.e2e.conftest import axe_check
 
 HOSPITAL = "Northgate Hospitals NHS Foundation Trust"
 
@@ -29,6 +30,7 @@ def test_search_the_patient_list(page: Page, sandbox, artifacts):
     page.goto(f"{sandbox.sandbox_url}/")
     page.get_by_role("button", name="Sign in as Dr Anita Patel").click()
     expect(page.locator("#patient-count")).to_have_text(f"Showing {len(people)} of {len(people)} patients.")
+    axe_check(page, "sandbox EHR: patient list")
 
     search = page.get_by_role("searchbox", name="Search patients")
     search.fill("objection")
@@ -39,6 +41,7 @@ def test_search_the_patient_list(page: Page, sandbox, artifacts):
     expect(row).to_have_count(1)
     expect(row).to_contain_text("Objection to sharing")
     expect(page.get_by_role("link", name="Oliver James Bennett")).to_be_visible()
+    axe_check(page, "sandbox EHR: patient list, searched")
 
     page.get_by_role("searchbox", name="Search patients").fill(format_nhs_number(priya.nhs_number))
     page.get_by_role("button", name="Search", exact=True).click()
@@ -50,12 +53,14 @@ def test_search_the_patient_list(page: Page, sandbox, artifacts):
     page.get_by_role("button", name="Search", exact=True).click()
     expect(page.locator("#no-match")).to_contain_text("No patients match “nobody by this name”")
     expect(page.locator("#patient-list")).to_have_count(0)
+    axe_check(page, "sandbox EHR: patient list, no match")
     page.get_by_role("link", name="Show all patients").first.click()
     expect(page.locator("#patient-list tbody tr")).to_have_count(len(people))
 
     # The patient link still opens the patient, whose name is the page's heading.
     page.get_by_role("link", name="Priya Sharma").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Patient: Priya Sharma")
+    axe_check(page, "sandbox EHR: patient page")
 
 
 def test_flip_a_fault_and_reset_it_in_the_inspector(page: Page, sandbox, artifacts):
@@ -63,6 +68,7 @@ def test_flip_a_fault_and_reset_it_in_the_inspector(page: Page, sandbox, artifac
     switches = page.get_by_role("heading", name="Fault switches")
     launches = page.get_by_role("heading", name="Recent launches")
     assert switches.bounding_box()["y"] < launches.bounding_box()["y"]  # the switches come first
+    axe_check(page, "sandbox: launch inspector")
 
     page.get_by_label(f"Behaviour of {HOSPITAL}").select_option("error_500")
     page.get_by_role("button", name=f"Apply to {HOSPITAL}", exact=True).click()
@@ -76,6 +82,7 @@ def test_flip_a_fault_and_reset_it_in_the_inspector(page: Page, sandbox, artifac
 
     page.get_by_role("button", name="turn on deny_consent").click()
     expect(page.get_by_role("alert")).to_contain_text("Simulated authorisation error deny_consent: now on")
+    axe_check(page, "sandbox: launch inspector with a confirmation")
     page.screenshot(path=str(artifacts / "sandbox-inspector-fault.png"), full_page=True)
 
     page.get_by_role("button", name="Reset all faults").click()
@@ -105,6 +112,7 @@ def test_sideways_scrolling_regions_are_reachable_by_keyboard(page: Page, sandbo
     for url in ("/", "/?q=trends", "/inspector"):
         page.goto(f"{sandbox.sandbox_url}{url}")
         assert page.evaluate(UNREACHABLE_SCROLLERS) == [], url
+        axe_check(page, f"sandbox at phone width: {url}")
         checked += page.evaluate(SCROLLERS)
     assert checked >= 3  # the check saw real scrolling regions, not none
 

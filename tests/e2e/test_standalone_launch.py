@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from playwright.sync_api import Page, Request, expect
 
 from core.nhs_number import format_nhs_number
+from tests.e2e.conftest import axe_check
 
 ARTHUR = "9991003339"  # at the gp and the hospital
 
@@ -22,8 +23,10 @@ def test_standalone_launch_reaches_the_record(page: Page, sandbox, artifacts):
     page.on("request", lambda r: posts.append(r) if r.method == "POST" else None)
 
     page.goto(f"{sandbox.viewer_url}/")
+    axe_check(page, "viewer: start")
     page.get_by_role("link", name="Sign in with Northgate Hospitals EPR (sandbox)").click()
     expect(page.get_by_role("heading", name="Sign in to Northgate Hospitals")).to_be_visible()
+    axe_check(page, "sandbox: authorize (standalone launch)")
     assert page.url.startswith(f"{sandbox.sandbox_url}/auth/authorize?")
     page.get_by_label("Sign in as").select_option("dr-evans")
     page.get_by_label("Patient").select_option(person.nhs_number)
@@ -35,10 +38,12 @@ def test_standalone_launch_reaches_the_record(page: Page, sandbox, artifacts):
     (allow,) = [r for r in posts if urlsplit(r.url).path == "/auth/authorize"]
     assert urlsplit(allow.url).query == "", "the authorization parameters must travel once, in the form body"
     expect(page.locator("#nhs-number")).to_have_text(format_nhs_number(person.nhs_number))
+    axe_check(page, "access: reason for access")
     page.get_by_label("Emergency treatment").check()
     page.get_by_role("button", name="Record reason and view").click()
 
     expect(page.get_by_role("heading", name="Allergies and adverse reactions")).to_be_visible()
     expect(page.locator("#user-name")).to_have_text("Dr Rhys Evans")
     expect(page.locator("body")).not_to_contain_text("response_type")
+    axe_check(page, "record summary after a standalone launch")
     page.screenshot(path=str(artifacts / "standalone-launch.png"), full_page=True)
