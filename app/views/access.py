@@ -85,6 +85,9 @@ def not_opened(ctx_id: str):
     """The way out of the reason form: the record stays closed, and the page says so (nothing is shown, so
     nothing is audited as a view; the decision that asked for a reason is already in the trail)."""
     ctx = load_context(ctx_id)
+    elsewhere = _form_or_elsewhere(ctx, _look(ctx), Step.ASK_REASON)  # only the way out of the reason form
+    if elsewhere is not None:
+        return elsewhere
     return render_template("access/not_opened.html", ctx=ctx, user=ctx.identity, banner=None, section="access")
 
 
