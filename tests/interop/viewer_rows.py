@@ -164,14 +164,30 @@ def get_page(http: requests.Session, url: str, **params) -> Node:
 
 
 def read_table(http: requests.Session, url: str, table_id: str) -> ShownSection:
-    """Every row of a paged table: the first page in full, the rest as the htmx fragments the page loads."""
+    """Every row of a paged table: the first page in full, the rest as the htmx fragments the page loads. A
+    grouped page (current and past medicines) is one table per group, ``#<table_id>-<group>``, each paged on
+    its own argument (``<group>-page``)."""
     shown = ShownSection()
     doc = get_page(http, url)
-    table = doc.find("table", id=table_id)
-    if table is None:  # an empty section shows a sentence instead of a table
+    whole = doc.find("table", id=table_id)
+    if whole is not None:
+        tables = [(whole, "page", "1")]
+    else:
+        prefix = table_id + "-"
+        groups = [t for t in doc.find_all("table") if t.attrs.get("id", "").startswith(prefix)]
+        tables = [(t, f"{t.attrs['id'][len(prefix) :]}-page", t.attrs["id"][len(prefix) :]) for t in groups]
+    if not tables:  # an empty section shows a sentence instead of a table
         if doc.find("p", cls="empty") is None and doc.find("p", cls="empty--incomplete") is None:
             raise PageError(f"{url}: neither #{table_id} nor an 'empty' sentence")
         return shown
+    for table, page_arg, fragment in tables:
+        read_pages(http, url, table, page_arg, fragment, shown)
+    return shown
+
+
+def read_pages(
+    http: requests.Session, url: str, table: Node, page_arg: str, fragment: str, shown: ShownSection
+) -> None:
     body = table.find("tbody")
     page = 1
     while True:
@@ -185,11 +201,12 @@ def read_table(http: requests.Session, url: str, table_id: str) -> ShownSection:
                 cells = tr.find_all("td")
                 shown.rows.append(ShownRow(tr.attrs["id"][4:], provenance(cells[-1]) if cells else [], tr.text()))
         if more is None:
-            return shown
+            return
         page += 1
         if page > MAX_PAGES:
             raise PageError(f"{url}: more than {MAX_PAGES} pages")
-        r = http.get(url, params={"page": page, "fragment": 1}, headers={"HX-Request": "true"}, timeout=120)
+        params = {page_arg: page, "fragment": fragment}
+        r = http.get(url, params=params, headers={"HX-Request": "true"}, timeout=120)
         if r.status_code != 200:
             raise PageError(f"GET {r.url}: HTTP {r.status_code}: {r.text[:500]}")
         body = parse(r.text)

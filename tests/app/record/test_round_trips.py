@@ -423,10 +423,34 @@ def slow(sandbox, http):
     forget_capabilities()
     sandbox.viewer_app.extensions["launch"].discovery.clear()  # another test may have left a SMART profile
     launch(http, sandbox)
+    pool_quiet()
     for org in ORGS:
         sandbox.state.set_faults(org, latency_ms=LATENCY_MS)
     yield sandbox
     forget_capabilities()
+
+
+def pool_quiet(timeout: float = 20.0) -> None:
+    """Wait until the process-wide fetch pool runs new work at once: an earlier test's reads still in flight
+    (a slow organisation's pages, discarded read-ahead) would otherwise queue this launch's requests and make
+    its round trips look sequential."""
+    from core.http import fetch_executor
+
+    wanted = len(ORGS) * (len(CATALOGUE.fetch_types) + 2)  # one launch's first round, all at once
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        together = threading.Barrier(wanted)  # passes only if that many pool threads are free at once
+
+        def meet(barrier: threading.Barrier = together) -> bool:
+            try:
+                barrier.wait(timeout=0.5)
+                return True
+            except threading.BrokenBarrierError:
+                return False
+
+        if all(f.result(timeout=timeout) for f in [fetch_executor().submit(meet) for _ in range(wanted)]):
+            return
+        time.sleep(0.2)
 
 
 def first_pages(requests: list[Request], org: str) -> list[Request]:
