@@ -14,6 +14,7 @@ from .service import ConsolidatedRecord
 PAGE_ROWS = 100
 SUMMARY_ENCOUNTERS = 5
 SUMMARY_RESULTS = 8
+PRINT_ENCOUNTERS = 20  # the printed summary cannot be scrolled: more, and it says how many of all
 KIND_LABELS = {
     "gp": "GP practice",
     "acute": "Hospital",
@@ -94,7 +95,7 @@ def summary(record: ConsolidatedRecord, everything: bool = False) -> dict:
         "allergies": record.section("allergies"),
         "problems": [r for r in record.section("problems") if r.status == "active"],
         "medications": [r for r in record.section("medications") if r.status == "current"],
-        "encounters": record.section("encounters")[: SUMMARY_ENCOUNTERS * (4 if everything else 1)],
+        "encounters": record.section("encounters")[: PRINT_ENCOUNTERS if everything else SUMMARY_ENCOUNTERS],
         "results": list(latest.values())[: None if everything else SUMMARY_RESULTS],
         "services": involved_services(record),
         "encounter_count": len(record.section("encounters")),  # said beside a shortened list

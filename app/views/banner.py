@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from core.names import banner_name, display_name
+from core.names import banner_name
 from core.nhs_number import format_nhs_number, from_identifiers, is_valid
 from core.ukdates import UK, age_on, uk_date
 
@@ -43,7 +43,6 @@ def patient_banner(patient: dict | None, full: bool = True) -> dict | None:
     return {
         "full": full,
         "name": banner_name(patient.get("name")) or "Unknown",
-        "plain_name": display_name(patient.get("name")) or "Unknown",
         "birth_date": uk_date(birth) if birth else None,
         "age": age_text(birth, death_day) if birth and (death_day or not deceased) else None,
         "gender": (patient.get("gender") or "").replace("unknown", "not known").capitalize() or None,

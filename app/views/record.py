@@ -294,7 +294,7 @@ def encounters(ctx_id: str):
     spec = services().catalogue.get("encounters")
     order = _sorting(spec)
     rows = find.sort_rows(views.filter_rows(record.section("encounters"), date_from, date_to, org), order)
-    page = views.paginate(rows, request.args.get("page", 1, type=int))
+    page = views.paginate(rows, _page_number("page"))
     filters = {"from": date_from or "", "to": date_to or "", "org": org or "", **order.args()}
     documents = (
         find.documents_by_encounter(page.rows, record.section("documents")) if _may_open(look, "documents") else {}
@@ -345,7 +345,7 @@ def results(ctx_id: str):
     test = _choice("test", {code for code, _ in tests})
     category = _choice("category", set(categories))
     rows = find.filter_results(everything, test, category)
-    page = views.paginate(rows, request.args.get("page", 1, type=int))
+    page = views.paginate(rows, _page_number("page"))
     spec = services().catalogue.get("results")
     filters = {k: v for k, v in (("test", test), ("category", category)) if v}
     if request.headers.get("HX-Request") and request.args.get("fragment"):
